@@ -1,0 +1,109 @@
+"""Settings: the one place that reads ``LORAREG_*`` environment variables.
+
+Every variable is listed in the README's configuration table. Values are checked at start-up
+(:meth:`Settings.check_production`) and insecure combinations are refused loudly outside the
+embedded development mode.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from registry.errors import BadRequest
+
+
+class Settings(BaseSettings):
+    """Typed settings; each field is ``LORAREG_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="LORAREG_", extra="ignore")
+
+    mode: Literal["embedded", "production"] = Field(
+        "embedded", description="embedded: single user, SQLite + local blobs by default"
+    )
+    home: Path = Field(Path(".lorareg"), description="state folder for the embedded default")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<home>/lorareg.db"
+    )
+    blob_url: str | None = Field(
+        None, description="file:///path or s3://bucket/prefix; default <home>/blobs"
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, R2, Ceph, moto)")
+    s3_region: str | None = Field(None, description="S3 region name")
+    s3_multipart_threshold: int = Field(
+        16 * 1024 * 1024, description="objects at least this big upload as S3 multipart"
+    )
+    s3_part_size: int = Field(16 * 1024 * 1024, description="S3 multipart part size in bytes")
+    presign_downloads: bool = Field(
+        False, description="hand out presigned S3 URLs instead of proxying blob bytes"
+    )
+    presign_ttl_seconds: int = Field(300, description="lifetime of presigned URLs")
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto", description="auto: off only in embedded mode on loopback"
+    )
+    max_json_body: int = Field(8 * 1024 * 1024, description="largest JSON request body, bytes")
+    max_blob_size: int = Field(
+        64 * 1024**3, description="largest single uploaded blob, bytes"
+    )
+    base_dirs: list[Path] = Field(
+        default_factory=list, description="folders where workers look for base weights"
+    )
+    fingerprint_cache: Path | None = Field(
+        None, description="fingerprint cache file; default ~/.cache/lorareg/fingerprints.sqlite"
+    )
+    worker_cache: Path | None = Field(
+        None, description="worker-local cache of base weights; default <home>/worker-cache"
+    )
+    log_format: Literal["json", "text"] = Field("text", description="log line format")
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'lorareg.db').resolve()}"
+
+    @property
+    def effective_blob_url(self) -> str:
+        if self.blob_url:
+            return self.blob_url
+        return f"file://{(self.home / 'blobs').resolve()}"
+
+    @property
+    def effective_worker_cache(self) -> Path:
+        return self.worker_cache or (self.home / "worker-cache")
+
+    def auth_required(self, host: str | None = None) -> bool:
+        """Whether requests must carry a token.
+
+        Only the embedded mode bound to loopback may run without auth; ``auth=off`` anywhere
+        else is refused by :meth:`check_production`.
+        """
+        if self.auth == "required":
+            return True
+        if self.auth == "off":
+            return False
+        return not (self.mode == "embedded" and _is_loopback(host or "127.0.0.1"))
+
+    def check_production(self, host: str) -> None:
+        """Refuse insecure settings outside embedded development mode."""
+        if self.auth == "off" and not (self.mode == "embedded" and _is_loopback(host)):
+            raise BadRequest(
+                "LORAREG_AUTH=off is only allowed in embedded mode on a loopback address "
+                f"(mode={self.mode}, host={host})"
+            )
+        if self.mode == "production" and self.database_url is None:
+            raise BadRequest("production mode needs LORAREG_DATABASE_URL (PostgreSQL)")
+
+
+def _is_loopback(host: str) -> bool:
+    return host in {"127.0.0.1", "localhost", "::1"} or host.startswith("127.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return Settings()
