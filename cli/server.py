@@ -1,0 +1,82 @@
+"""`lorareg serve` (the embedded registry) and `lorareg db upgrade`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from sqlalchemy import func, select
+
+from registry import migrate
+from registry.config import get_settings
+from registry.db import make_engine, make_session_factory
+from registry.models import ApiToken
+
+BANNER_NO_AUTH = (
+    "WARNING: authentication is OFF (embedded single-user mode on {host}). Anyone who can "
+    "reach this port can push, promote and delete. Bind a non-loopback address or set "
+    "LORAREG_MODE=production to require tokens."
+)
+BOOTSTRAP_HINT = (
+    "No API tokens exist yet. Create the first admin token against the database with:\n"
+    "    lorareg token create --db --admin --name bootstrap\n"
+    "(same LORAREG_DATABASE_URL as this server); it is shown once."
+)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port.")
+@click.option("--workers", default=1, show_default=True, type=int,
+              help="In-process merge/rollout worker threads (0 to disable).")
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the registry: migrations applied on start, SQLite + local blobs by default."""
+    import uvicorn
+
+    from registry.api.app import create_app
+
+    settings = get_settings()
+    settings.check_production(host)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    migrate.upgrade(engine)
+    app = create_app(settings, engine=engine, host=host)
+    state = app.state.lorareg
+    click.echo(f"lorareg {settings.mode}: database {_safe_url(settings.effective_database_url)}, "
+               f"blobs {settings.effective_blob_url}", err=True)
+    if not state.auth_required:
+        click.secho(BANNER_NO_AUTH.format(host=host), fg="yellow", bold=True, err=True)
+    elif not _has_tokens(engine):
+        click.secho(BOOTSTRAP_HINT, fg="yellow", err=True)
+    click.echo(f"listening on http://{host}:{port}  (API docs: /docs)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+    _ = workers  # the in-process worker arrives with the merge worker (issue 5)
+
+
+def _has_tokens(engine: object) -> bool:
+    factory = make_session_factory(engine)  # type: ignore[arg-type]
+    with factory() as session:
+        return bool(session.scalar(select(func.count()).select_from(ApiToken)))
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@click.group()
+def db() -> None:
+    """Database administration."""
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def upgrade(revision: str) -> None:
+    """Apply migrations (no alembic.ini needed; uses LORAREG_DATABASE_URL)."""
+    settings = get_settings()
+    engine = make_engine(settings.effective_database_url)
+    migrate.upgrade(engine, revision)
+    click.echo(f"database at revision {migrate.current_revision(engine)}", err=True)
+    engine.dispose()
+    sys.stdout.flush()

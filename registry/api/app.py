@@ -1,0 +1,105 @@
+"""The FastAPI application: routers, the problem+json handler, body limits, request ids."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry import __version__
+from registry.api import problems
+from registry.api.deps import State
+from registry.api.routes import adapters, admin, blobs
+from registry.blobs import BlobStore, open_blob_store
+from registry.config import Settings, get_settings
+from registry.db import make_engine, make_session_factory
+
+log = logging.getLogger("lorareg.api")
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413, counting bytes as they arrive (a lying
+    or absent Content-Length cannot get past it). Blob uploads have their own, larger limit."""
+
+    def __init__(self, app: ASGIApp, json_limit: int, blob_limit: int) -> None:
+        self.app, self.json_limit, self.blob_limit = app, json_limit, blob_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_blob = scope["path"].startswith("/api/v1/blobs/") and scope["method"] == "PUT"
+        limit = self.blob_limit if is_blob else self.json_limit
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send, limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps({
+        "type": "https://lorareg.dev/problems/payload_too_large", "title": "Payload too large",
+        "status": 413, "code": "payload_too_large",
+        "detail": f"request body exceeds the limit of {limit} bytes",
+    }).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    settings: Settings | None = None, *, engine: Engine | None = None,
+    store: BlobStore | None = None, host: str | None = None,
+) -> FastAPI:
+    """Build the app. ``host`` is the bind address, used to decide whether auth is needed."""
+    settings = settings or get_settings()
+    engine = engine or make_engine(settings.effective_database_url)
+    store = store or open_blob_store(settings)
+    state = State(settings=settings, sessions=make_session_factory(engine), store=store,
+                  auth_required=settings.auth_required(host))
+    app = FastAPI(title="lorareg", version=__version__,
+                  description="Registry and lifecycle service for LoRA adapters")
+    app.state.lorareg = state
+    problems.install(app)
+    for module in (admin, adapters, blobs):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, json_limit=settings.max_json_body,  # type: ignore[arg-type]
+                       blob_limit=settings.max_blob_size)
+    return app
+
+
+def factory() -> Any:
+    """Entry point for ``uvicorn registry.api.app:factory --factory`` (settings from env).
+
+    uvicorn does not tell the app its bind address, so this entry point assumes it is
+    exposed and requires tokens; ``lorareg serve`` knows its address and may run without.
+    """
+    settings = get_settings()
+    settings.check_production(EXPOSED)
+    return create_app(settings, host=EXPOSED)
+
+
+EXPOSED = "0.0.0.0"  # noqa: S104 - a marker for "not loopback", nothing binds to it here

@@ -1,0 +1,97 @@
+"""Per-request context: settings, one unit of work, the blob store and the caller."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry.blobs import BlobStore
+from registry.config import Settings
+from registry.db import transaction
+from registry.errors import PermissionDenied, Unauthenticated
+from registry.services import tokens
+from registry.services.context import Actor
+from registry.services.tokens import Principal
+
+LOCAL_PRINCIPAL = Principal(name="local", role="admin", namespace=None)
+
+
+@dataclass
+class State:
+    """What the app holds for its lifetime (built by create_app)."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: BlobStore
+    auth_required: bool
+
+
+@dataclass
+class Ctx:
+    state: State
+    principal: Principal
+    request_id: str
+
+    @property
+    def store(self) -> BlobStore:
+        return self.state.store
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.principal.name, self.request_id)
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        """The request's one transaction: committed before the response is built."""
+        with transaction(self.state.sessions) as session:
+            yield session
+
+    def require(self, permission: str, namespace: str | None = None) -> None:
+        """Refuse unless the caller holds ``permission`` in ``namespace``."""
+        if self.principal.can(permission, namespace):
+            return
+        where = f" in namespace {namespace!r}" if namespace else ""
+        raise PermissionDenied(
+            f"{self.principal.name} (role {self.principal.role}) may not {permission}{where}"
+        )
+
+    def require_global(self, permission: str) -> None:
+        """Refuse unless the caller holds ``permission`` for every namespace."""
+        if self.principal.namespace is not None:
+            raise PermissionDenied(f"{permission} needs a token not scoped to one namespace")
+        self.require(permission)
+
+
+def get_state(request: Request) -> State:
+    state: State = request.app.state.lorareg
+    return state
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get("lorareg_token")
+
+
+def get_ctx(request: Request, state: Annotated[State, Depends(get_state)]) -> Ctx:
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request.state.request_id = request_id
+    token = _bearer(request)
+    if token is None:
+        if state.auth_required:
+            raise Unauthenticated("this registry requires an API token (Authorization: Bearer)")
+        return Ctx(state, LOCAL_PRINCIPAL, request_id)
+    with transaction(state.sessions) as session:
+        principal = tokens.authenticate(session, token)
+    return Ctx(state, principal, request_id)
+
+
+CtxDep = Annotated[Ctx, Depends(get_ctx)]

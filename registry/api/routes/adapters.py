@@ -1,0 +1,204 @@
+"""Namespaces, adapters, versions and metrics. Routers only translate HTTP <-> services."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from sqlalchemy.orm import Session
+
+from registry.api import schemas as s
+from registry.api.deps import Ctx, CtxDep
+from registry.errors import BadRequest
+from registry.manifest import FileEntry
+from registry.models import AdapterVersion
+from registry.refs import Ref, check_namespace, parse_adapter_name, parse_ref
+from registry.services import adapters, metrics, versions
+from registry.services.metrics import MetricInput
+from registry.services.pagination import Page
+from registry.services.versions import PushRequest, VersionQuery, parse_metric_filter
+
+router = APIRouter(prefix="/api/v1", tags=["adapters"])
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadRequest(f"label filter {item!r} must look like key=value")
+        out[key] = value
+    return out
+
+
+def version_out(session: Session, v: AdapterVersion, created: bool | None = None) -> s.VersionOut:
+    latest = metrics.latest(session, [v.id])[v.id]
+    return s.VersionOut.of(v, latest, created)
+
+
+def versions_page(session: Session, page: Page[AdapterVersion]) -> s.Page:
+    latest = metrics.latest(session, [v.id for v in page.items])
+    items = [s.VersionOut.of(v, latest[v.id]) for v in page.items]
+    return s.Page(items=items, next_cursor=page.next_cursor)
+
+
+def _ref(ns: str, name: str, sel: str) -> Ref:
+    parse_adapter_name(f"{ns}/{name}")
+    if sel == "latest":
+        return Ref(ns, name)
+    return parse_ref(f"{ns}/{name}@{sel}")
+
+
+@router.get("/namespaces", response_model=s.Page)
+def list_namespaces(ctx: CtxDep, cursor: str | None = None, limit: Limit = 100) -> s.Page:
+    with ctx.tx() as session:
+        page = adapters.list_namespaces(session, scope=ctx.principal.scope, cursor=cursor,
+                                        limit=limit)
+        return s.Page(items=[s.NamespaceOut.of(n) for n in page.items],
+                      next_cursor=page.next_cursor)
+
+
+@router.post("/namespaces", response_model=s.NamespaceOut, status_code=201)
+def create_namespace(body: s.NamespaceIn, ctx: CtxDep) -> s.NamespaceOut:
+    ctx.require_global("admin")
+    with ctx.tx() as session:
+        return s.NamespaceOut.of(
+            adapters.create_namespace(session, ctx.actor, body.name, body.description))
+
+
+@router.get("/adapters", response_model=s.Page)
+def list_adapters(
+    ctx: CtxDep, namespace: str | None = None, label: Annotated[list[str], Query()] = [],  # noqa: B006
+    q: str | None = None, sort: str = "updated_at", cursor: str | None = None, limit: Limit = 50,
+) -> s.Page:
+    if namespace:
+        check_namespace(namespace)
+    with ctx.tx() as session:
+        page = adapters.list_adapters(
+            session, namespace=namespace, scope=ctx.principal.scope, label=parse_labels(label),
+            query=q, sort=sort, cursor=cursor, limit=limit,
+        )
+        return s.Page(items=[s.AdapterOut.of(a) for a in page.items],
+                      next_cursor=page.next_cursor)
+
+
+@router.get("/adapters/{ns}/{name}", response_model=s.AdapterOut)
+def get_adapter(ns: str, name: str, ctx: CtxDep) -> s.AdapterOut:
+    ctx.require("read", ns)
+    with ctx.tx() as session:
+        return s.AdapterOut.of(adapters.get_adapter(session, f"{ns}/{name}"))
+
+
+@router.patch("/adapters/{ns}/{name}", response_model=s.AdapterOut)
+def patch_adapter(ns: str, name: str, body: s.AdapterPatch, ctx: CtxDep) -> s.AdapterOut:
+    ctx.require("write", ns)
+    with ctx.tx() as session:
+        return s.AdapterOut.of(adapters.update_adapter(
+            session, ctx.actor, f"{ns}/{name}", description=body.description,
+            labels=body.labels, remove_labels=body.remove_labels,
+        ))
+
+
+def _query(
+    adapter: str | None, namespace: str | None, ctx: Ctx, status_: str | None,
+    label: list[str], base: str | None, metric: list[str], sort: str, order: str,
+) -> VersionQuery:
+    if order not in ("asc", "desc"):
+        raise BadRequest("order must be asc or desc")
+    return VersionQuery(
+        adapter=adapter, namespace=namespace, scope=ctx.principal.scope, status=status_,
+        labels=parse_labels(label), base=base,
+        metrics=[parse_metric_filter(m) for m in metric], sort=sort, descending=order == "desc",
+    )
+
+
+@router.get("/adapters/{ns}/{name}/versions", response_model=s.Page)
+def list_adapter_versions(
+    ns: str, name: str, ctx: CtxDep, status: str | None = None,
+    label: Annotated[list[str], Query()] = [],  # noqa: B006
+    base: str | None = None, metric: Annotated[list[str], Query()] = [],  # noqa: B006
+    sort: str = "version", order: str = "desc", cursor: str | None = None, limit: Limit = 50,
+) -> s.Page:
+    ctx.require("read", ns)
+    q = _query(f"{ns}/{name}", None, ctx, status, label, base, metric, sort, order)
+    with ctx.tx() as session:
+        return versions_page(session, versions.list_versions(session, q, cursor=cursor,
+                                                             limit=limit))
+
+
+@router.get("/versions", response_model=s.Page)
+def list_all_versions(
+    ctx: CtxDep, namespace: str | None = None, status: str | None = None,
+    label: Annotated[list[str], Query()] = [],  # noqa: B006
+    base: str | None = None, metric: Annotated[list[str], Query()] = [],  # noqa: B006
+    sort: str = "version", order: str = "desc", cursor: str | None = None, limit: Limit = 50,
+) -> s.Page:
+    q = _query(None, namespace, ctx, status, label, base, metric, sort, order)
+    with ctx.tx() as session:
+        return versions_page(session, versions.list_versions(session, q, cursor=cursor,
+                                                             limit=limit))
+
+
+@router.get("/adapters/{ns}/{name}/versions/{sel}", response_model=s.VersionOut)
+def get_version(ns: str, name: str, sel: str, ctx: CtxDep) -> s.VersionOut:
+    ctx.require("read", ns)
+    with ctx.tx() as session:
+        return version_out(session, versions.get_version(session, _ref(ns, name, sel)))
+
+
+@router.post("/adapters/{ns}/{name}/versions", response_model=s.VersionOut,
+             status_code=201, responses={200: {"model": s.VersionOut}})
+def push_version(
+    ns: str, name: str, body: s.VersionIn, ctx: CtxDep, response: Response
+) -> s.VersionOut:
+    ctx.require("write", ns)
+    req = PushRequest(
+        adapter=f"{ns}/{name}",
+        files=[FileEntry(f.path, f.digest, f.size) for f in body.files],
+        base_hub_id=body.base.hub_id, base_revision=body.base.revision,
+        metrics=[MetricInput(m.key, m.value, m.dataset, m.split) for m in body.metrics],
+        labels=body.labels, provenance=body.provenance.model_dump(exclude_none=True),
+        description=body.description,
+    )
+    with ctx.tx() as session:
+        result = versions.push_version(session, ctx.store, ctx.actor, req)
+        out = version_out(session, result.version, result.created)
+    if not result.created:
+        response.status_code = status.HTTP_200_OK
+    return out
+
+
+@router.post("/adapters/{ns}/{name}/versions/{sel}/yank", response_model=s.VersionOut)
+def yank(ns: str, name: str, sel: str, body: s.YankIn, ctx: CtxDep) -> s.VersionOut:
+    ctx.require("write", ns)
+    with ctx.tx() as session:
+        v = versions.yank(session, ctx.actor, _ref(ns, name, sel), body.reason)
+        return version_out(session, v)
+
+
+@router.post("/adapters/{ns}/{name}/versions/{sel}/unyank", response_model=s.VersionOut)
+def unyank(ns: str, name: str, sel: str, body: s.UnyankIn, ctx: CtxDep) -> s.VersionOut:
+    ctx.require("write", ns)
+    with ctx.tx() as session:
+        v = versions.unyank(session, ctx.actor, _ref(ns, name, sel), body.reason)
+        return version_out(session, v)
+
+
+@router.post("/adapters/{ns}/{name}/versions/{sel}/metrics", status_code=201)
+def log_metrics(ns: str, name: str, sel: str, body: s.MetricsIn, ctx: CtxDep
+                ) -> dict[str, list[s.MetricOut]]:
+    ctx.require("write", ns)
+    with ctx.tx() as session:
+        v = versions.get_version(session, _ref(ns, name, sel))
+        rows = metrics.log_metrics(session, ctx.actor, v, [
+            MetricInput(m.key, m.value, m.dataset, m.split) for m in body.metrics])
+        return {"metrics": [s.MetricOut.of(m) for m in rows]}
+
+
+@router.get("/adapters/{ns}/{name}/versions/{sel}/metrics")
+def metric_history(ns: str, name: str, sel: str, ctx: CtxDep) -> dict[str, list[s.MetricOut]]:
+    ctx.require("read", ns)
+    with ctx.tx() as session:
+        v = versions.get_version(session, _ref(ns, name, sel))
+        return {"items": [s.MetricOut.of(m) for m in metrics.history(session, v)]}

@@ -1,0 +1,118 @@
+"""Tokens, audit log, base models, whoami, health and version."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+from sqlalchemy import select, text
+
+from registry import __version__
+from registry.api import schemas as s
+from registry.api.deps import CtxDep, State, get_state
+from registry.errors import NotFound, PermissionDenied, StorageError
+from registry.models import BaseModel, utcnow
+from registry.services import audit, tokens
+from registry.services.pagination import paginate_by_id
+
+router = APIRouter(tags=["admin"])
+Limit = Annotated[int, Query(ge=1, le=500)]
+StateDep = Annotated[State, Depends(get_state)]
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(state: StateDep) -> dict[str, str]:
+    """Readiness: the database answers and the blob store is reachable."""
+    try:
+        with state.sessions() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
+    state.store.check()
+    return {"status": "ready"}
+
+
+@router.get("/api/v1/version")
+def version() -> dict[str, str]:
+    return {"version": __version__}
+
+
+@router.get("/api/v1/whoami", response_model=s.WhoAmI)
+def whoami(ctx: CtxDep) -> s.WhoAmI:
+    p = ctx.principal
+    return s.WhoAmI(actor=p.name, role=p.role, namespace=p.namespace,
+                    auth=ctx.state.auth_required)
+
+
+@router.post("/api/v1/tokens", response_model=s.TokenOut, status_code=201)
+def create_token(body: s.TokenIn, ctx: CtxDep) -> s.TokenOut:
+    """Create a token; the plaintext is in this response only."""
+    ctx.require("admin", body.namespace)
+    expires = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    with ctx.tx() as session:
+        row, plaintext = tokens.create_token(session, ctx.actor, name=body.name, role=body.role,
+                                             namespace=body.namespace, expires_at=expires)
+        return s.TokenOut.of(row, plaintext)
+
+
+@router.get("/api/v1/tokens", response_model=s.Page)
+def list_tokens(ctx: CtxDep) -> s.Page:
+    ctx.require("admin", ctx.principal.namespace)
+    with ctx.tx() as session:
+        rows = tokens.list_tokens(session, namespace=ctx.principal.namespace)
+        return s.Page(items=[s.TokenOut.of(t) for t in rows], next_cursor=None)
+
+
+@router.delete("/api/v1/tokens/{token_id}", status_code=204)
+def revoke_token(token_id: str, ctx: CtxDep) -> Response:
+    ctx.require("admin", ctx.principal.namespace)
+    with ctx.tx() as session:
+        row = session.get(tokens.ApiToken, token_id)
+        if row is None:
+            raise NotFound(f"token {token_id!r} not found")
+        if ctx.principal.namespace is not None and row.namespace != ctx.principal.namespace:
+            raise PermissionDenied("a namespace admin may only revoke that namespace's tokens")
+        tokens.revoke_token(session, ctx.actor, token_id)
+    return Response(status_code=204)
+
+
+@router.get("/api/v1/audit", response_model=s.Page)
+def list_audit(
+    ctx: CtxDep, namespace: str | None = None, target: str | None = None,
+    action: str | None = None, actor: str | None = None, cursor: str | None = None,
+    limit: Limit = 50,
+) -> s.Page:
+    with ctx.tx() as session:
+        page = audit.list_events(session, namespaces=ctx.principal.scope, namespace=namespace,
+                                 target=target, action=action, actor=actor, cursor=cursor,
+                                 limit=limit)
+        return s.Page(items=[s.AuditOut.of(e) for e in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/api/v1/bases", response_model=s.Page)
+def list_bases(ctx: CtxDep, hub_id: str | None = None, cursor: str | None = None,
+               limit: Limit = 50) -> s.Page:
+    ctx.require("read", ctx.principal.namespace)
+    stmt = select(BaseModel)
+    if hub_id:
+        stmt = stmt.where(BaseModel.hub_id == hub_id)
+    with ctx.tx() as session:
+        page = paginate_by_id(session, stmt, BaseModel.id, cursor=cursor, limit=limit)
+        return s.Page(items=[s.BaseOut.of(b) for b in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/api/v1/bases/{base_id}", response_model=s.BaseOut)
+def get_base(base_id: int, ctx: CtxDep) -> s.BaseOut:
+    ctx.require("read", ctx.principal.namespace)
+    with ctx.tx() as session:
+        row = session.get(BaseModel, base_id)
+        if row is None:
+            raise NotFound(f"base {base_id} not found")
+        return s.BaseOut.of(row)

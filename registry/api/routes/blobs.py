@@ -1,0 +1,83 @@
+"""Blob upload (streamed, verified while streaming) and download (Range, ETag, presign)."""
+
+from __future__ import annotations
+
+import anyio.to_thread
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from registry.api import schemas as s
+from registry.api.deps import CtxDep
+from registry.api.streams import AsyncBodyReader, parse_range
+from registry.blobs import BlobInfo
+from registry.errors import BadRequest, PayloadTooLarge
+from registry.manifest import check_digest
+from registry.services import blobs
+
+router = APIRouter(prefix="/api/v1/blobs", tags=["blobs"])
+# Content-addressed: a digest names the same bytes forever.
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+@router.post("/missing", response_model=s.MissingOut)
+def missing(body: s.DigestsIn, ctx: CtxDep) -> s.MissingOut:
+    ctx.require("read")
+    with ctx.tx() as session:
+        return s.MissingOut(missing=blobs.missing(session, body.digests))
+
+
+def _declared_length(request: Request, limit: int) -> int:
+    raw = request.headers.get("content-length")
+    if raw is None or not raw.isdigit():
+        raise BadRequest("blob uploads need a Content-Length header")
+    size = int(raw)
+    if size > limit:
+        raise PayloadTooLarge(f"blob of {size} bytes exceeds the limit of {limit} bytes")
+    return size
+
+
+@router.put("/{digest}", status_code=201, response_model=s.BlobOut,
+            responses={200: {"model": s.BlobOut}},
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+async def upload(digest: str, request: Request, ctx: CtxDep, response: Response) -> s.BlobOut:
+    """Stream the body into the store; it becomes visible only if it hashes to ``digest``."""
+    ctx.require("write", ctx.principal.namespace)
+    check_digest(digest)
+    size = _declared_length(request, ctx.state.settings.max_blob_size)
+    with ctx.tx() as session:
+        if not blobs.missing(session, [digest]):
+            response.status_code = 200
+            return s.BlobOut(digest=digest, size=blobs.get(session, digest).size)
+    reader = AsyncBodyReader(request.stream())
+    info: BlobInfo = await anyio.to_thread.run_sync(
+        lambda: ctx.store.put(reader, digest=digest, size=size))
+    with ctx.tx() as session:
+        blobs.record(session, info)
+    return s.BlobOut(digest=info.digest, size=info.size)
+
+
+@router.api_route("/{digest}", methods=["GET", "HEAD"], response_model=None)
+def download(digest: str, request: Request, ctx: CtxDep) -> Response:
+    """Stream a blob; ``Range`` gives 206; presigned redirect when the store supports it."""
+    ctx.require("read", ctx.principal.namespace)
+    with ctx.tx() as session:
+        size = blobs.get(session, check_digest(digest)).size
+    settings = ctx.state.settings
+    if settings.presign_downloads:
+        url = ctx.store.presign_get(digest, settings.presign_ttl_seconds)
+        if url:
+            return RedirectResponse(url, status_code=307)
+    span = parse_range(request.headers.get("range"), size)
+    start, end = span or (0, size)
+    headers = {"ETag": f'"{digest}"', "Accept-Ranges": "bytes",
+               "Content-Length": str(end - start), "Cache-Control": IMMUTABLE}
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    code = 206 if span else 200
+    if request.method == "GET" and request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers={"ETag": headers["ETag"]})
+    if request.method == "HEAD":
+        return Response(status_code=code, headers=headers)
+    return StreamingResponse(ctx.store.open(digest, start, end), status_code=code,
+                             headers=headers, media_type="application/octet-stream")

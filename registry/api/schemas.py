@@ -1,0 +1,255 @@
+"""Request and response bodies. Inputs forbid unknown fields (a typo is an error, not a no-op)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.models import Adapter, AdapterVersion, ApiToken, AuditEvent, Metric, Namespace
+from registry.models import BaseModel as BaseModelRow
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NamespaceIn(In):
+    name: str = Field(max_length=64)
+    description: str = Field("", max_length=4096)
+
+
+class NamespaceOut(BaseModel):
+    name: str
+    description: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, ns: Namespace) -> NamespaceOut:
+        return cls(name=ns.name, description=ns.description, created_at=ns.created_at)
+
+
+class AdapterOut(BaseModel):
+    name: str
+    namespace: str
+    description: str
+    labels: dict[str, str]
+    latest_version: int | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, a: Adapter) -> AdapterOut:
+        return cls(
+            name=a.full_name, namespace=a.namespace.name, description=a.description,
+            labels={lab.key: lab.value for lab in a.labels},
+            latest_version=(a.next_version - 1) or None,
+            created_at=a.created_at, updated_at=a.updated_at,
+        )
+
+
+class AdapterPatch(In):
+    description: str | None = Field(None, max_length=4096)
+    labels: dict[str, str] | None = None
+    remove_labels: list[str] = Field(default_factory=list, max_length=64)
+
+
+class FileIn(In):
+    path: str = Field(max_length=512)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class BaseRefIn(In):
+    hub_id: str = Field(max_length=256)
+    revision: str = Field(max_length=128)
+
+
+class MetricIn(In):
+    key: str = Field(max_length=128)
+    value: float
+    dataset: str | None = Field(None, max_length=256)
+    split: str | None = Field(None, max_length=64)
+
+
+class ProvenanceIn(In):
+    git_commit: str | None = Field(None, max_length=2048)
+    git_repo: str | None = Field(None, max_length=2048)
+    ci_run_url: str | None = Field(None, max_length=2048)
+    ci_job: str | None = Field(None, max_length=2048)
+    source: str | None = Field(None, max_length=2048)
+
+
+class VersionIn(In):
+    files: list[FileIn] = Field(min_length=1, max_length=1000)
+    base: BaseRefIn
+    metrics: list[MetricIn] = Field(default_factory=list, max_length=1000)
+    labels: dict[str, str] = Field(default_factory=dict)
+    provenance: ProvenanceIn = Field(default_factory=ProvenanceIn)
+    description: str | None = Field(None, max_length=4096)
+
+
+class YankIn(In):
+    reason: str = Field(min_length=1, max_length=2048)
+
+
+class UnyankIn(In):
+    reason: str = Field("", max_length=2048)
+
+
+class MetricsIn(In):
+    metrics: list[MetricIn] = Field(min_length=1, max_length=1000)
+
+
+class MetricOut(BaseModel):
+    key: str
+    value: float
+    dataset: str | None
+    split: str | None
+    recorded_at: datetime
+    recorded_by: str
+
+    @classmethod
+    def of(cls, m: Metric) -> MetricOut:
+        return cls(key=m.key, value=m.value, dataset=m.dataset, split=m.split,
+                   recorded_at=m.recorded_at, recorded_by=m.recorded_by)
+
+
+class FileOut(BaseModel):
+    path: str
+    digest: str
+    size: int
+
+
+class BaseRefOut(BaseModel):
+    hub_id: str
+    revision: str
+    fingerprint: str | None
+    compat_status: str
+
+
+class VersionOut(BaseModel):
+    ref: str
+    adapter: str
+    version: int
+    manifest_digest: str
+    status: str
+    yank_reason: str | None
+    base: BaseRefOut
+    files: list[FileOut]
+    peft_config: dict[str, Any]
+    metrics: dict[str, float]
+    labels: dict[str, str]
+    provenance: dict[str, str]
+    pushed_by: str
+    created_at: datetime
+    total_size: int
+    created: bool | None = None
+
+    @classmethod
+    def of(cls, v: AdapterVersion, metrics: dict[str, float], created: bool | None = None
+           ) -> VersionOut:
+        name = v.adapter.full_name
+        return cls(
+            ref=f"{name}@{v.number}", adapter=name, version=v.number,
+            manifest_digest=v.manifest_digest, status=v.status, yank_reason=v.yank_reason,
+            base=BaseRefOut(
+                hub_id=v.base_hub_id, revision=v.base_revision,
+                fingerprint=v.base_model.fingerprint if v.base_model else None,
+                compat_status=v.compat_status,
+            ),
+            files=[FileOut(path=f.path, digest=f.digest, size=f.size) for f in v.files],
+            peft_config=v.peft_config, metrics=metrics,
+            labels={lab.key: lab.value for lab in v.labels}, provenance=v.provenance,
+            pushed_by=v.pushed_by, created_at=v.created_at, total_size=v.total_size,
+            created=created,
+        )
+
+
+class DigestsIn(In):
+    digests: list[str] = Field(max_length=10000)
+
+
+class MissingOut(BaseModel):
+    missing: list[str]
+
+
+class BlobOut(BaseModel):
+    digest: str
+    size: int
+
+
+class TokenIn(In):
+    name: str = Field(min_length=1, max_length=128)
+    role: Literal["reader", "writer", "promoter", "admin"]
+    namespace: str | None = Field(None, max_length=64)
+    expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    role: str
+    namespace: str | None
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    token: str | None = None
+
+    @classmethod
+    def of(cls, t: ApiToken, plaintext: str | None = None) -> TokenOut:
+        return cls(id=t.id, name=t.name, role=t.role, namespace=t.namespace,
+                   created_by=t.created_by, created_at=t.created_at, expires_at=t.expires_at,
+                   revoked_at=t.revoked_at, last_used_at=t.last_used_at, token=plaintext)
+
+
+class AuditOut(BaseModel):
+    id: int
+    created_at: datetime
+    actor: str
+    action: str
+    target_type: str
+    target: str
+    namespace: str | None
+    payload: dict[str, Any]
+    request_id: str | None
+
+    @classmethod
+    def of(cls, e: AuditEvent) -> AuditOut:
+        return cls(id=e.id, created_at=e.created_at, actor=e.actor, action=e.action,
+                   target_type=e.target_type, target=e.target, namespace=e.namespace,
+                   payload=e.payload, request_id=e.request_id)
+
+
+class BaseOut(BaseModel):
+    id: int
+    hub_id: str
+    revision: str
+    fingerprint: str
+    tensor_count: int
+    total_bytes: int
+    files: list[FileOut]
+    created_by: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, b: BaseModelRow) -> BaseOut:
+        return cls(id=b.id, hub_id=b.hub_id, revision=b.revision, fingerprint=b.fingerprint,
+                   tensor_count=b.tensor_count, total_bytes=b.total_bytes,
+                   files=[FileOut(**f) for f in b.files], created_by=b.created_by,
+                   created_at=b.created_at)
+
+
+class WhoAmI(BaseModel):
+    actor: str
+    role: str
+    namespace: str | None
+    auth: bool
+
+
+class Page(BaseModel):
+    items: list[Any]
+    next_cursor: str | None

@@ -1,0 +1,254 @@
+"""SQLAlchemy 2.0 typed ORM tables. Alembic migrations are the only source of the schema."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both backends (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# BIGINT primary keys on PostgreSQL; SQLite only auto-increments INTEGER PRIMARY KEY.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+intpk = Annotated[int, mapped_column(BigIntPK, primary_key=True, autoincrement=True)]
+timestamp = Annotated[datetime, mapped_column(UTCDateTime(), default=utcnow, nullable=False)]
+opt_timestamp = Annotated[datetime | None, mapped_column(UTCDateTime(), nullable=True)]
+digest = Annotated[str, mapped_column(String(64), nullable=False)]
+json_dict = Annotated[dict[str, Any], mapped_column(JSON, nullable=False, default=dict)]
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Namespace(Base):
+    __tablename__ = "namespaces"
+
+    id: Mapped[intpk]
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[timestamp]
+
+
+class Adapter(Base):
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("namespace_id", "name"),)
+
+    id: Mapped[intpk]
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="RESTRICT"))
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(Text, default="")
+    # The version counter: taken under a row lock when a version is created (no MAX+1).
+    next_version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+
+    namespace: Mapped[Namespace] = relationship(lazy="joined")
+    labels: Mapped[list[AdapterLabel]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="AdapterLabel.key"
+    )
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace.name}/{self.name}"
+
+
+class AdapterLabel(Base):
+    __tablename__ = "adapter_labels"
+
+    adapter_id: Mapped[int] = mapped_column(
+        ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512))
+
+
+class Blob(Base):
+    __tablename__ = "blobs"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[timestamp]
+
+
+class BaseModel(Base):
+    """A base model: hub id + revision + the fingerprint of its weights."""
+
+    __tablename__ = "base_models"
+    __table_args__ = (UniqueConstraint("hub_id", "revision", "fingerprint"),)
+
+    id: Mapped[intpk]
+    hub_id: Mapped[str] = mapped_column(String(256))
+    revision: Mapped[str] = mapped_column(String(128))
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    # zlib-compressed canonical JSON of [name, dtype, shape, sha256] per tensor.
+    manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    tensor_count: Mapped[int] = mapped_column(Integer)
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+    # Files uploaded with `base register --upload` ([{path, digest, size}]), else empty.
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[timestamp]
+
+
+class AdapterVersion(Base):
+    """One immutable version of an adapter."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (
+        UniqueConstraint("adapter_id", "number"),
+        UniqueConstraint("adapter_id", "manifest_digest", "base_hub_id", "base_revision"),
+        Index("ix_adapter_versions_base", "base_hub_id", "base_revision"),
+    )
+
+    id: Mapped[intpk]
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="RESTRICT"))
+    number: Mapped[int] = mapped_column(Integer)
+    manifest_digest: Mapped[digest]
+    peft_config: Mapped[json_dict]
+    base_hub_id: Mapped[str] = mapped_column(String(256))
+    base_revision: Mapped[str] = mapped_column(String(128))
+    base_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("base_models.id", ondelete="RESTRICT"), nullable=True
+    )
+    # "verified": shapes checked against a registered base's manifest; "unverified": the
+    # base was not registered at push time (checked when it is).
+    compat_status: Mapped[str] = mapped_column(String(16), default="unverified")
+    provenance: Mapped[json_dict]
+    pushed_by: Mapped[str] = mapped_column(String(128), default="")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    yank_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    yanked_at: Mapped[opt_timestamp]
+    total_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[timestamp]
+
+    adapter: Mapped[Adapter] = relationship(lazy="joined")
+    base_model: Mapped[BaseModel | None] = relationship(lazy="joined")
+    files: Mapped[list[VersionFile]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="VersionFile.path"
+    )
+    labels: Mapped[list[VersionLabel]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="VersionLabel.key"
+    )
+
+
+class VersionFile(Base):
+    __tablename__ = "version_files"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(String(512), primary_key=True)
+    digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest", ondelete="RESTRICT"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class VersionLabel(Base):
+    __tablename__ = "version_labels"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512))
+
+
+class Metric(Base):
+    """An eval metric value; rows are appended, never rewritten (the latest wins)."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_version_key", "version_id", "key", "id"),)
+
+    id: Mapped[intpk]
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float] = mapped_column(Float)
+    dataset: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    split: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    recorded_by: Mapped[str] = mapped_column(String(128), default="")
+    recorded_at: Mapped[timestamp]
+
+
+class AuditEvent(Base):
+    """Append-only audit log: written in the same transaction as each mutation."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_target", "target_type", "target"),
+        Index("ix_audit_events_namespace", "namespace", "id"),
+    )
+
+    id: Mapped[intpk]
+    created_at: Mapped[timestamp]
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(512))
+    namespace: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    payload: Mapped[json_dict]
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ApiToken(Base):
+    """API token ``lrg_<id>_<secret>``: only a hash of the secret is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    namespace: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[timestamp]
+    expires_at: Mapped[opt_timestamp]
+    revoked_at: Mapped[opt_timestamp]
+    last_used_at: Mapped[opt_timestamp]

@@ -1,0 +1,178 @@
+"""Namespaces and adapters: create, get, list, describe, label."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Select, exists, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from registry.errors import BadRequest, Conflict, NotFound
+from registry.models import Adapter, AdapterLabel, Namespace, utcnow
+from registry.refs import check_namespace, parse_adapter_name
+from registry.services import audit
+from registry.services.context import Actor
+from registry.services.pagination import Page, paginate
+
+LABEL_KEY_MAX = 128
+LABEL_VALUE_MAX = 512
+MAX_LABELS = 64
+
+
+def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """Labels are short string key/value pairs; keys are non-empty and printable."""
+    if len(labels) > MAX_LABELS:
+        raise BadRequest(f"at most {MAX_LABELS} labels")
+    out: dict[str, str] = {}
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise BadRequest("label keys and values must be strings")
+        if not key or len(key) > LABEL_KEY_MAX or not key.isprintable():
+            raise BadRequest(f"label key {key!r} must be 1..{LABEL_KEY_MAX} printable characters")
+        if len(value) > LABEL_VALUE_MAX or not value.isprintable():
+            raise BadRequest(f"label {key!r} value must be at most {LABEL_VALUE_MAX} characters")
+        out[key] = value
+    return out
+
+
+def _insert_ignore(session: Session, table: Any, values: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING, so concurrent creators do not fail."""
+    dialect = session.get_bind().dialect.name
+    ins = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    session.execute(ins.values(**values).on_conflict_do_nothing())
+
+
+def create_namespace(
+    session: Session, actor: Actor, name: str, description: str = ""
+) -> Namespace:
+    """Create a namespace; Conflict if it exists."""
+    check_namespace(name)
+    if session.scalar(select(Namespace).where(Namespace.name == name)):
+        raise Conflict(f"namespace {name!r} already exists")
+    ns = Namespace(name=name, description=description)
+    session.add(ns)
+    session.flush()
+    audit.record(session, actor, "namespace.created", "namespace", name, namespace=name)
+    return ns
+
+
+def ensure_namespace(session: Session, actor: Actor, name: str) -> Namespace:
+    """Get a namespace, creating it (race-free) on first use."""
+    check_namespace(name)
+    ns = session.scalar(select(Namespace).where(Namespace.name == name))
+    if ns is not None:
+        return ns
+    _insert_ignore(session, Namespace, {"name": name, "description": "", "created_at": utcnow()})
+    ns = session.scalars(select(Namespace).where(Namespace.name == name)).one()
+    audit.record(session, actor, "namespace.created", "namespace", name, namespace=name)
+    return ns
+
+
+def get_namespace(session: Session, name: str) -> Namespace:
+    ns = session.scalar(select(Namespace).where(Namespace.name == name))
+    if ns is None:
+        raise NotFound(f"namespace {name!r} not found")
+    return ns
+
+
+def list_namespaces(
+    session: Session, *, scope: Sequence[str] | None = None, cursor: str | None = None,
+    limit: int = 100,
+) -> Page[Namespace]:
+    stmt = select(Namespace)
+    if scope is not None:
+        stmt = stmt.where(Namespace.name.in_(scope))
+    return paginate(
+        session, stmt, Namespace.name, Namespace.id, descending=False, cursor=cursor,
+        limit=limit, sort_value=lambda n: n.name,
+    )
+
+
+def _adapter_stmt(namespace: str, name: str) -> Select[tuple[Adapter]]:
+    return (
+        select(Adapter)
+        .join(Namespace, Adapter.namespace_id == Namespace.id)
+        .where(Namespace.name == namespace, Adapter.name == name)
+    )
+
+
+def get_adapter(session: Session, full_name: str, *, for_update: bool = False) -> Adapter:
+    """Get ``ns/name``; ``for_update`` takes the adapter row lock (version counter)."""
+    ns, name = parse_adapter_name(full_name)
+    stmt = _adapter_stmt(ns, name)
+    if for_update:
+        stmt = stmt.with_for_update(of=Adapter)
+    adapter = session.scalar(stmt)
+    if adapter is None:
+        raise NotFound(f"adapter {full_name!r} not found")
+    return adapter
+
+
+def ensure_adapter(
+    session: Session, actor: Actor, full_name: str, *, description: str | None = None
+) -> Adapter:
+    """Get ``ns/name`` under its row lock, creating namespace and adapter on first push."""
+    ns_name, name = parse_adapter_name(full_name)
+    ns = ensure_namespace(session, actor, ns_name)
+    now = utcnow()
+    if session.scalar(_adapter_stmt(ns_name, name)) is None:
+        _insert_ignore(session, Adapter, {
+            "namespace_id": ns.id, "name": name, "description": description or "",
+            "next_version": 1, "created_at": now, "updated_at": now,
+        })
+        audit.record(session, actor, "adapter.created", "adapter", full_name, namespace=ns_name)
+    return get_adapter(session, full_name, for_update=True)
+
+
+def update_adapter(
+    session: Session, actor: Actor, full_name: str, *, description: str | None = None,
+    labels: Mapping[str, str] | None = None, remove_labels: Sequence[str] = (),
+) -> Adapter:
+    """Change the description and labels (labels merge; ``remove_labels`` deletes keys)."""
+    adapter = get_adapter(session, full_name, for_update=True)
+    changes: dict[str, Any] = {}
+    if description is not None and description != adapter.description:
+        adapter.description = description
+        changes["description"] = description
+    if labels or remove_labels:
+        merged = {lab.key: lab.value for lab in adapter.labels}
+        merged.update(check_labels(labels or {}))
+        for key in remove_labels:
+            merged.pop(key, None)
+        adapter.labels = [AdapterLabel(key=k, value=v) for k, v in sorted(merged.items())]
+        changes["labels"] = merged
+    if changes:
+        adapter.updated_at = utcnow()
+        audit.record(session, actor, "adapter.updated", "adapter", full_name,
+                     namespace=adapter.namespace.name, payload=changes)
+    session.flush()
+    return adapter
+
+
+def list_adapters(
+    session: Session, *, namespace: str | None = None, scope: Sequence[str] | None = None,
+    label: Mapping[str, str] | None = None, query: str | None = None,
+    sort: str = "updated_at", cursor: str | None = None, limit: int = 50,
+) -> Page[Adapter]:
+    """List adapters, newest push first by default; ``scope`` limits namespaces."""
+    stmt = select(Adapter).join(Namespace, Adapter.namespace_id == Namespace.id)
+    if scope is not None:
+        stmt = stmt.where(Namespace.name.in_(scope))
+    if namespace:
+        stmt = stmt.where(Namespace.name == namespace)
+    for key, value in (label or {}).items():
+        stmt = stmt.where(exists().where(
+            AdapterLabel.adapter_id == Adapter.id, AdapterLabel.key == key,
+            AdapterLabel.value == value,
+        ))
+    if query:
+        stmt = stmt.where(Adapter.name.contains(query, autoescape=True))
+    if sort == "name":
+        return paginate(session, stmt, Adapter.name, Adapter.id, descending=False,
+                        cursor=cursor, limit=limit, sort_value=lambda a: a.name)
+    if sort != "updated_at":
+        raise BadRequest(f"unknown sort {sort!r}: use updated_at or name")
+    return paginate(session, stmt, Adapter.updated_at, Adapter.id, descending=True,
+                    cursor=cursor, limit=limit, sort_value=lambda a: a.updated_at)

@@ -1,0 +1,40 @@
+"""Blob bookkeeping: a ``blobs`` row exists only for a blob fully stored and verified."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry.blobs import BlobInfo
+from registry.errors import NotFound
+from registry.manifest import check_digest
+from registry.models import Blob
+
+
+def missing(session: Session, digests: Iterable[str]) -> list[str]:
+    """The digests (validated, de-duplicated, in input order) the registry does not hold."""
+    wanted = list(dict.fromkeys(check_digest(d) for d in digests))
+    have: set[str] = set()
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i : i + 500]
+        have.update(session.scalars(select(Blob.digest).where(Blob.digest.in_(chunk))))
+    return [d for d in wanted if d not in have]
+
+
+def record(session: Session, info: BlobInfo) -> Blob:
+    """Record a blob the store has just written and verified (idempotent)."""
+    blob = session.get(Blob, info.digest)
+    if blob is None:
+        blob = Blob(digest=info.digest, size=info.size)
+        session.add(blob)
+        session.flush()
+    return blob
+
+
+def get(session: Session, digest: str) -> Blob:
+    blob = session.get(Blob, check_digest(digest))
+    if blob is None:
+        raise NotFound(f"blob {digest} not found")
+    return blob

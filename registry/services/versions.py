@@ -1,0 +1,323 @@
+"""Adapter versions: push (immutable, numbered without gaps), get, list, yank/unyank."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, and_, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from registry.blobs import BlobStore
+from registry.errors import BadRequest, Conflict, NotFound
+from registry.manifest import FileEntry, manifest_digest, normalize_files
+from registry.models import (
+    Adapter,
+    AdapterVersion,
+    Blob,
+    Metric,
+    Namespace,
+    VersionFile,
+    VersionLabel,
+    utcnow,
+)
+from registry.refs import Ref, check_base, parse_adapter_name
+from registry.services import adapters, audit, bases
+from registry.services.context import Actor
+from registry.services.inspect import inspect_adapter
+from registry.services.metrics import MetricInput, add_metrics
+from registry.services.pagination import (
+    Page,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    paginate,
+)
+
+PROVENANCE_KEYS = {"git_commit", "git_repo", "ci_run_url", "ci_job", "pushed_by", "source"}
+MAX_PROVENANCE_VALUE = 2048
+
+
+@dataclass
+class PushRequest:
+    adapter: str
+    files: list[FileEntry]
+    base_hub_id: str
+    base_revision: str
+    metrics: list[MetricInput] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
+    description: str | None = None
+
+
+@dataclass
+class PushResult:
+    version: AdapterVersion
+    created: bool
+
+
+def check_provenance(provenance: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in provenance.items():
+        if key not in PROVENANCE_KEYS:
+            raise BadRequest(
+                f"unknown provenance field {key!r}; allowed: {', '.join(sorted(PROVENANCE_KEYS))}"
+            )
+        if not isinstance(value, str) or len(value) > MAX_PROVENANCE_VALUE:
+            raise BadRequest(f"provenance {key!r} must be a string of at most 2048 characters")
+        out[key] = value
+    return out
+
+
+def _check_blobs(session: Session, files: Sequence[FileEntry]) -> None:
+    """Every file must be a stored, verified blob of the declared size."""
+    digests = {f.digest for f in files}
+    sizes = dict(session.execute(select(Blob.digest, Blob.size).where(Blob.digest.in_(digests))))
+    absent = sorted(d for d in digests if d not in sizes)
+    if absent:
+        raise BadRequest(
+            f"{len(absent)} file blob(s) are not uploaded yet: {', '.join(absent[:5])}",
+            missing=absent,
+        )
+    for f in files:
+        if sizes[f.digest] != f.size:
+            raise BadRequest(
+                f"file {f.path!r} declares size {f.size} but blob {f.digest} has {sizes[f.digest]}"
+            )
+
+
+def push_version(
+    session: Session, store: BlobStore, actor: Actor, req: PushRequest
+) -> PushResult:
+    """Create the next version of ``req.adapter`` (or return the identical existing one).
+
+    Validation happens before anything is written. The version number comes from the
+    adapter's counter taken under its row lock, so concurrent pushes get 1..N.
+    """
+    parse_adapter_name(req.adapter)
+    check_base(req.base_hub_id, req.base_revision)
+    files = normalize_files(req.files)
+    labels = adapters.check_labels(req.labels)
+    provenance = check_provenance(req.provenance)
+    _check_blobs(session, files)
+    inspection = inspect_adapter(store, files)
+    digest = manifest_digest(files)
+    base, compat = bases.check_adapter_fits(
+        session, req.base_hub_id, req.base_revision, inspection.layout
+    )
+
+    adapter = adapters.ensure_adapter(session, actor, req.adapter, description=req.description)
+    existing = session.scalar(select(AdapterVersion).where(
+        AdapterVersion.adapter_id == adapter.id,
+        AdapterVersion.manifest_digest == digest,
+        AdapterVersion.base_hub_id == req.base_hub_id,
+        AdapterVersion.base_revision == req.base_revision,
+    ))
+    if existing is not None:
+        return PushResult(existing, created=False)
+
+    number = adapter.next_version
+    adapter.next_version = number + 1
+    adapter.updated_at = utcnow()
+    version = AdapterVersion(
+        adapter=adapter, number=number, manifest_digest=digest, peft_config=inspection.config,
+        base_hub_id=req.base_hub_id, base_revision=req.base_revision, base_model=base,
+        compat_status=compat, provenance=provenance, pushed_by=actor.name,
+        total_size=sum(f.size for f in files),
+        files=[VersionFile(path=f.path, digest=f.digest, size=f.size) for f in files],
+        labels=[VersionLabel(key=k, value=v) for k, v in sorted(labels.items())],
+    )
+    session.add(version)
+    session.flush()
+    add_metrics(session, version, req.metrics, actor)
+    audit.record(
+        session, actor, "version.pushed", "version", f"{req.adapter}@{number}",
+        namespace=adapter.namespace.name,
+        payload={"manifest_digest": digest, "base": f"{req.base_hub_id}@{req.base_revision}",
+                 "compat_status": compat, "provenance": provenance},
+    )
+    return PushResult(version, created=True)
+
+
+def get_version(session: Session, ref: Ref) -> AdapterVersion:
+    """Resolve ``ns/name@N`` or ``ns/name@latest`` (latest active version)."""
+    if ref.channel is not None:
+        raise BadRequest(f"{ref} names a channel; resolve it through the channel service")
+    adapter = adapters.get_adapter(session, ref.adapter)
+    stmt = select(AdapterVersion).where(AdapterVersion.adapter_id == adapter.id)
+    if ref.version is not None:
+        version = session.scalar(stmt.where(AdapterVersion.number == ref.version))
+    else:
+        version = session.scalar(
+            stmt.where(AdapterVersion.status == "active")
+            .order_by(AdapterVersion.number.desc()).limit(1)
+        )
+    if version is None:
+        raise NotFound(f"version {ref} not found")
+    return version
+
+
+METRIC_FILTER_RE = re.compile(r"^(?:metric\.)?([A-Za-z0-9_.\-/]+)\s*(>=|<=|==|!=|>|<)\s*(\S+)$")
+
+
+@dataclass(frozen=True)
+class MetricFilter:
+    key: str
+    op: str
+    value: float
+
+
+def parse_metric_filter(text: str) -> MetricFilter:
+    """``metric.accuracy>=0.9`` (the ``metric.`` prefix is optional)."""
+    m = METRIC_FILTER_RE.match(text.strip())
+    if not m:
+        raise BadRequest(f"metric filter {text!r} must look like metric.KEY>=NUMBER")
+    try:
+        value = float(m.group(3))
+    except ValueError as exc:
+        raise BadRequest(f"metric filter {text!r}: {m.group(3)!r} is not a number") from exc
+    return MetricFilter(m.group(1), m.group(2), value)
+
+
+def latest_metric_value(key: str) -> Any:
+    """Correlated subquery: the latest value of metric ``key`` for the outer version row."""
+    m = aliased(Metric)
+    return (
+        select(m.value)
+        .where(m.version_id == AdapterVersion.id, m.key == key)
+        .order_by(m.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+_OPS = {
+    ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+}
+
+
+@dataclass
+class VersionQuery:
+    adapter: str | None = None
+    namespace: str | None = None
+    scope: Sequence[str] | None = None
+    status: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    base: str | None = None
+    metrics: list[MetricFilter] = field(default_factory=list)
+    sort: str = "version"
+    descending: bool = True
+
+
+def _filtered(session: Session, q: VersionQuery) -> Select[tuple[AdapterVersion]]:
+    stmt = select(AdapterVersion).join(Adapter, AdapterVersion.adapter_id == Adapter.id).join(
+        Namespace, Adapter.namespace_id == Namespace.id
+    )
+    if q.adapter:
+        stmt = stmt.where(AdapterVersion.adapter_id == adapters.get_adapter(session, q.adapter).id)
+    if q.namespace:
+        stmt = stmt.where(Namespace.name == q.namespace)
+    if q.scope is not None:
+        stmt = stmt.where(Namespace.name.in_(q.scope))
+    if q.status:
+        if q.status not in ("active", "yanked"):
+            raise BadRequest("status must be active or yanked")
+        stmt = stmt.where(AdapterVersion.status == q.status)
+    for key, value in q.labels.items():
+        stmt = stmt.where(exists().where(
+            VersionLabel.version_id == AdapterVersion.id, VersionLabel.key == key,
+            VersionLabel.value == value,
+        ))
+    if q.base:
+        hub_id, _, revision = q.base.partition("@")
+        stmt = stmt.where(AdapterVersion.base_hub_id == hub_id)
+        if revision:
+            stmt = stmt.where(AdapterVersion.base_revision == revision)
+    for mf in q.metrics:
+        stmt = stmt.where(_OPS[mf.op](latest_metric_value(mf.key), mf.value))
+    return stmt
+
+
+def list_versions(
+    session: Session, q: VersionQuery, *, cursor: str | None = None, limit: int = 50
+) -> Page[AdapterVersion]:
+    """List versions with filters; sort by ``version``, ``created_at`` or ``metric.KEY``."""
+    stmt = _filtered(session, q)
+    if q.sort == "version":
+        sort_col: Any = AdapterVersion.id if not q.adapter else AdapterVersion.number
+        reader = (lambda v: v.id) if not q.adapter else (lambda v: v.number)
+    elif q.sort == "created_at":
+        sort_col, reader = AdapterVersion.created_at, (lambda v: v.created_at)
+    elif q.sort.startswith("metric."):
+        key = q.sort.removeprefix("metric.")
+        # Versions without the metric sort last in either direction.
+        sort_col = func.coalesce(latest_metric_value(key), -1e308 if q.descending else 1e308)
+        stmt = stmt.add_columns(sort_col.label("_sort"))
+        return _paginate_with_value(session, stmt, sort_col, q.descending, cursor, limit)
+    else:
+        raise BadRequest(f"unknown sort {q.sort!r}: use version, created_at or metric.KEY")
+    return paginate(session, stmt, sort_col, AdapterVersion.id, descending=q.descending,
+                    cursor=cursor, limit=limit, sort_value=reader)
+
+
+def _paginate_with_value(
+    session: Session, stmt: Select[Any], sort_col: Any, descending: bool,
+    cursor: str | None, limit: int,
+) -> Page[AdapterVersion]:
+    """Keyset pagination where the sort key is a computed column (a metric)."""
+    check_limit(limit)
+    if cursor:
+        value, last_id = decode_cursor(cursor)
+        cmp = (sort_col < value) if descending else (sort_col > value)
+        idc = (AdapterVersion.id < last_id) if descending else (AdapterVersion.id > last_id)
+        stmt = stmt.where(or_(cmp, and_(sort_col == value, idc)))
+    order = (sort_col.desc(), AdapterVersion.id.desc()) if descending else (
+        sort_col.asc(), AdapterVersion.id.asc())
+    rows = list(session.execute(stmt.order_by(*order).limit(limit + 1)))
+    items = [r[0] for r in rows[:limit]]
+    nxt = encode_cursor(rows[limit - 1][1], items[-1].id) if len(rows) > limit else None
+    return Page(items, nxt)
+
+
+def yank(session: Session, actor: Actor, ref: Ref, reason: str) -> AdapterVersion:
+    """Mark a version yanked: it stays pullable by number but never resolves as latest."""
+    if not reason.strip():
+        raise BadRequest("yanking needs a reason")
+    version = _locked(session, ref)
+    if version.status == "yanked":
+        raise Conflict(f"{ref} is already yanked ({version.yank_reason})")
+    version.status, version.yank_reason, version.yanked_at = "yanked", reason, utcnow()
+    _audit(session, actor, version, "version.yanked", {"reason": reason})
+    return version
+
+
+def unyank(session: Session, actor: Actor, ref: Ref, reason: str = "") -> AdapterVersion:
+    version = _locked(session, ref)
+    if version.status != "yanked":
+        raise Conflict(f"{ref} is not yanked")
+    version.status, version.yank_reason, version.yanked_at = "active", None, None
+    _audit(session, actor, version, "version.unyanked", {"reason": reason})
+    return version
+
+
+def _locked(session: Session, ref: Ref) -> AdapterVersion:
+    if ref.version is None:
+        raise BadRequest(f"{ref}: name an explicit version number")
+    version = get_version(session, ref)
+    session.refresh(version, with_for_update=True)
+    return version
+
+
+def _audit(
+    session: Session, actor: Actor, version: AdapterVersion, action: str, payload: dict[str, Any]
+) -> None:
+    session.flush()
+    audit.record(session, actor, action, "version", version_name(version),
+                 namespace=version.adapter.namespace.name, payload=payload)
+
+
+def version_name(version: AdapterVersion) -> str:
+    return f"{version.adapter.full_name}@{version.number}"
