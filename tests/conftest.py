@@ -16,7 +16,11 @@ from sqlalchemy.orm import Session
 from registry import migrate
 from registry.db import make_engine
 
-pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.models"]
+pytest_plugins = [
+    "tests.fixtures.s3",
+    "tests.fixtures.models",
+    "tests.fixtures.server",
+]
 
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
@@ -92,12 +96,18 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """Database backend of ``fresh_db_url``: sqlite unless parametrized indirectly, e.g.
+    ``@pytest.mark.parametrize("backend", BACKENDS, indirect=True)``."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
 def fresh_db_url(
-    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path, sqlite_template: Path
 ) -> str:
     """A committed-to, migrated database of its own for tests that need real commits
     (concurrency, crash consistency, e2e). Parametrize with ``backend``."""
-    backend = getattr(request, "param", None) or request.getfixturevalue("backend")
     if backend == "postgresql":
         dbs: PgDatabases = request.getfixturevalue("pg_databases")
         return dbs.fresh()

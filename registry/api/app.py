@@ -86,7 +86,7 @@ def create_app(
     problems.install(app)
     for module in (admin, adapters, blobs):
         app.include_router(module.router)
-    app.add_middleware(BodyLimit, json_limit=settings.max_json_body,  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, json_limit=settings.max_json_body,
                        blob_limit=settings.max_blob_size)
     return app
 

@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Select, exists, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from registry.db import insert_ignore
 from registry.errors import BadRequest, Conflict, NotFound
 from registry.models import Adapter, AdapterLabel, Namespace, utcnow
 from registry.refs import check_namespace, parse_adapter_name
@@ -37,13 +37,6 @@ def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _insert_ignore(session: Session, table: Any, values: dict[str, Any]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING, so concurrent creators do not fail."""
-    dialect = session.get_bind().dialect.name
-    ins = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    session.execute(ins.values(**values).on_conflict_do_nothing())
-
-
 def create_namespace(
     session: Session, actor: Actor, name: str, description: str = ""
 ) -> Namespace:
@@ -64,7 +57,7 @@ def ensure_namespace(session: Session, actor: Actor, name: str) -> Namespace:
     ns = session.scalar(select(Namespace).where(Namespace.name == name))
     if ns is not None:
         return ns
-    _insert_ignore(session, Namespace, {"name": name, "description": "", "created_at": utcnow()})
+    insert_ignore(session, Namespace, {"name": name, "description": "", "created_at": utcnow()})
     ns = session.scalars(select(Namespace).where(Namespace.name == name)).one()
     audit.record(session, actor, "namespace.created", "namespace", name, namespace=name)
     return ns
@@ -90,7 +83,7 @@ def list_namespaces(
     )
 
 
-def _adapter_stmt(namespace: str, name: str) -> Select[tuple[Adapter]]:
+def _adapter_stmt(namespace: str, name: str) -> Select[Any]:
     return (
         select(Adapter)
         .join(Namespace, Adapter.namespace_id == Namespace.id)
@@ -104,7 +97,7 @@ def get_adapter(session: Session, full_name: str, *, for_update: bool = False) -
     stmt = _adapter_stmt(ns, name)
     if for_update:
         stmt = stmt.with_for_update(of=Adapter)
-    adapter = session.scalar(stmt)
+    adapter: Adapter | None = session.scalar(stmt)
     if adapter is None:
         raise NotFound(f"adapter {full_name!r} not found")
     return adapter
@@ -118,7 +111,7 @@ def ensure_adapter(
     ns = ensure_namespace(session, actor, ns_name)
     now = utcnow()
     if session.scalar(_adapter_stmt(ns_name, name)) is None:
-        _insert_ignore(session, Adapter, {
+        insert_ignore(session, Adapter, {
             "namespace_id": ns.id, "name": name, "description": description or "",
             "next_version": 1, "created_at": now, "updated_at": now,
         })

@@ -8,9 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.blobs import BlobInfo
+from registry.db import insert_ignore
 from registry.errors import NotFound
 from registry.manifest import check_digest
-from registry.models import Blob
+from registry.models import Blob, utcnow
 
 
 def missing(session: Session, digests: Iterable[str]) -> list[str]:
@@ -25,12 +26,9 @@ def missing(session: Session, digests: Iterable[str]) -> list[str]:
 
 def record(session: Session, info: BlobInfo) -> Blob:
     """Record a blob the store has just written and verified (idempotent)."""
-    blob = session.get(Blob, info.digest)
-    if blob is None:
-        blob = Blob(digest=info.digest, size=info.size)
-        session.add(blob)
-        session.flush()
-    return blob
+    insert_ignore(session, Blob, {"digest": info.digest, "size": info.size,
+                                  "created_at": utcnow()})
+    return session.get_one(Blob, info.digest)
 
 
 def get(session: Session, digest: str) -> Blob:

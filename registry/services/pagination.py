@@ -15,11 +15,13 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, or_
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
 
 from registry.errors import BadRequest
 
 T = TypeVar("T")
+# A sort key: a mapped attribute or any SQL expression.
+SortKey = ColumnElement[Any] | QueryableAttribute[Any]
 MAX_LIMIT = 500
 
 
@@ -59,8 +61,8 @@ def check_limit(limit: int) -> int:
 def paginate(
     session: Session,
     stmt: Select[Any],
-    sort: ColumnElement[Any],
-    id_col: ColumnElement[int],
+    sort: SortKey,
+    id_col: SortKey,
     *,
     descending: bool,
     cursor: str | None,
@@ -90,7 +92,7 @@ def paginate(
 def paginate_by_id(
     session: Session,
     stmt: Select[Any],
-    id_col: ColumnElement[int],
+    id_col: SortKey,
     *,
     cursor: str | None,
     limit: int,

@@ -27,7 +27,7 @@ from registry.refs import Ref, check_base, parse_adapter_name
 from registry.services import adapters, audit, bases
 from registry.services.context import Actor
 from registry.services.inspect import inspect_adapter
-from registry.services.metrics import MetricInput, add_metrics
+from registry.services.metrics import MetricInput, add_metrics, check_metric
 from registry.services.pagination import (
     Page,
     check_limit,
@@ -74,7 +74,8 @@ def check_provenance(provenance: Mapping[str, Any]) -> dict[str, str]:
 def _check_blobs(session: Session, files: Sequence[FileEntry]) -> None:
     """Every file must be a stored, verified blob of the declared size."""
     digests = {f.digest for f in files}
-    sizes = dict(session.execute(select(Blob.digest, Blob.size).where(Blob.digest.in_(digests))))
+    rows = session.execute(select(Blob.digest, Blob.size).where(Blob.digest.in_(digests)))
+    sizes = dict(rows.tuples().all())
     absent = sorted(d for d in digests if d not in sizes)
     if absent:
         raise BadRequest(
@@ -101,6 +102,7 @@ def push_version(
     files = normalize_files(req.files)
     labels = adapters.check_labels(req.labels)
     provenance = check_provenance(req.provenance)
+    metric_rows = [check_metric(m) for m in req.metrics]
     _check_blobs(session, files)
     inspection = inspect_adapter(store, files)
     digest = manifest_digest(files)
@@ -131,7 +133,7 @@ def push_version(
     )
     session.add(version)
     session.flush()
-    add_metrics(session, version, req.metrics, actor)
+    add_metrics(session, version, metric_rows, actor)
     audit.record(
         session, actor, "version.pushed", "version", f"{req.adapter}@{number}",
         namespace=adapter.namespace.name,
@@ -212,7 +214,7 @@ class VersionQuery:
     descending: bool = True
 
 
-def _filtered(session: Session, q: VersionQuery) -> Select[tuple[AdapterVersion]]:
+def _filtered(session: Session, q: VersionQuery) -> Select[Any]:
     stmt = select(AdapterVersion).join(Adapter, AdapterVersion.adapter_id == Adapter.id).join(
         Namespace, Adapter.namespace_id == Namespace.id
     )
@@ -307,8 +309,9 @@ def _locked(session: Session, ref: Ref) -> AdapterVersion:
     if ref.version is None:
         raise BadRequest(f"{ref}: name an explicit version number")
     version = get_version(session, ref)
-    session.refresh(version, with_for_update=True)
-    return version
+    stmt = (select(AdapterVersion).where(AdapterVersion.id == version.id)
+            .with_for_update(of=AdapterVersion).execution_options(populate_existing=True))
+    return session.scalars(stmt).one()
 
 
 def _audit(

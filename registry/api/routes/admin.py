@@ -12,7 +12,7 @@ from registry import __version__
 from registry.api import schemas as s
 from registry.api.deps import CtxDep, State, get_state
 from registry.errors import NotFound, PermissionDenied, StorageError
-from registry.models import BaseModel, utcnow
+from registry.models import ApiToken, BaseModel, utcnow
 from registry.services import audit, tokens
 from registry.services.pagination import paginate_by_id
 
@@ -74,7 +74,7 @@ def list_tokens(ctx: CtxDep) -> s.Page:
 def revoke_token(token_id: str, ctx: CtxDep) -> Response:
     ctx.require("admin", ctx.principal.namespace)
     with ctx.tx() as session:
-        row = session.get(tokens.ApiToken, token_id)
+        row = session.get(ApiToken, token_id)
         if row is None:
             raise NotFound(f"token {token_id!r} not found")
         if ctx.principal.namespace is not None and row.namespace != ctx.principal.namespace:

@@ -57,7 +57,8 @@ async def upload(digest: str, request: Request, ctx: CtxDep, response: Response)
     return s.BlobOut(digest=info.digest, size=info.size)
 
 
-@router.api_route("/{digest}", methods=["GET", "HEAD"], response_model=None)
+@router.get("/{digest}", response_model=None)
+@router.head("/{digest}", response_model=None)
 def download(digest: str, request: Request, ctx: CtxDep) -> Response:
     """Stream a blob; ``Range`` gives 206; presigned redirect when the store supports it."""
     ctx.require("read", ctx.principal.namespace)

@@ -1,0 +1,74 @@
+"""State shared by every command: where the server is, how to authenticate, how to print."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from tqdm import tqdm
+
+from registry.client import Client
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class App:
+    """Global options, resolved (flag > environment > config file > default)."""
+
+    url: str
+    token: str | None
+    config_path: Path
+    json: bool = False
+    quiet: bool = False
+    _client: Client | None = field(default=None, repr=False)
+
+    def client(self) -> Client:
+        """The one Client of this invocation, created on first use."""
+        if self._client is None:
+            self._client = Client(self.url, self.token)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def note(self, message: str) -> None:
+        """A human remark on stderr, silenced by --quiet and --json."""
+        if not (self.quiet or self.json):
+            click.echo(message, err=True)
+
+    def say(self, message: str) -> None:
+        """The human result of a write command on stdout (silenced by --quiet)."""
+        if not self.quiet:
+            click.echo(message)
+
+    def progress_bar(self, desc: str) -> tqdm[Any]:
+        """A byte progress bar on stderr, shown only on a TTY without --quiet/--json."""
+        show = not (self.quiet or self.json) and sys.stderr.isatty()
+        return tqdm(
+            total=0, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+            file=sys.stderr, disable=not show, leave=False,
+        )
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    app = ctx.find_object(App)
+    if value and app is not None:
+        app.json = True
+
+
+def json_option(f: F) -> F:
+    """``--json`` also accepted after the command name (``lorareg ls --json``)."""
+    option = click.option(
+        "--json", "json_output", is_flag=True, expose_value=False, callback=_set_json,
+        help="Print JSON on stdout (same as the global --json).",
+    )
+    return option(f)

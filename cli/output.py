@@ -1,0 +1,67 @@
+"""Printing: JSON for pipelines, aligned plain-text tables for people (no dependency)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import click
+
+
+def emit_json(data: Any) -> None:
+    """Pretty JSON on stdout."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print rows under headers in left-aligned columns separated by two spaces."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    for row in [list(headers), *cells]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def fields(pairs: Sequence[tuple[str, Any]]) -> None:
+    """Print ``label: value`` lines, labels aligned."""
+    width = max(len(k) for k, _ in pairs) + 1
+    for key, value in pairs:
+        click.echo(f"{key + ':':<{width}} {_cell(value)}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items()) or "-"
+    return " ".join(str(value).split())
+
+
+def size(n: int | None) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def when(iso: str | None) -> str:
+    """``2024-05-01T12:34:56.789+00:00`` -> ``2024-05-01 12:34``."""
+    if not iso:
+        return "-"
+    return iso.replace("T", " ")[:16]
+
+
+def short(text: str | None, width: int = 40) -> str:
+    if not text:
+        return "-"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
