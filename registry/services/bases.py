@@ -1,14 +1,43 @@
-"""Base models: registration by fingerprint, and the compatibility check used at push."""
+"""Base models: registration by fingerprint, and the compatibility checks at push.
+
+A base is registered with its tensor manifest (name, dtype, shape, sha256 per tensor) and the
+fingerprint over it. The server recomputes the fingerprint from the manifest, so a record can
+never carry a digest that does not describe its own manifest. Registering the same weights for
+the same hub id and revision again returns the existing base. When a base is registered,
+versions pushed earlier against its ``hub_id@revision`` (``unverified``) are checked at once.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.compat import ensure_compatible_shapes
-from registry.fingerprint import unpack_manifest
+from registry.blobs import BlobStore
+from registry.compat import check_against_base, ensure_compatible_shapes
+from registry.errors import BadRequest, InvalidAdapter, NotFound
+from registry.fingerprint import TensorEntry, fingerprint_digest, pack_manifest, unpack_manifest
 from registry.lora_layout import AdapterLayout
-from registry.models import BaseModel
+from registry.manifest import FileEntry, normalize_files
+from registry.models import AdapterVersion, BaseModel
+from registry.refs import check_base
+from registry.services import audit
+from registry.services import blobs as blob_service
+from registry.services.context import Actor
+from registry.services.inspect import inspect_adapter
+
+MAX_TENSORS = 200_000
+
+
+@dataclass
+class BaseRegistration:
+    hub_id: str
+    revision: str
+    fingerprint: str
+    tensors: list[TensorEntry]
+    files: list[FileEntry] = field(default_factory=list)
 
 
 def find_base(session: Session, hub_id: str, revision: str) -> BaseModel | None:
@@ -22,8 +51,97 @@ def find_base(session: Session, hub_id: str, revision: str) -> BaseModel | None:
     return session.scalar(stmt)
 
 
+def get_base(session: Session, base_id: int) -> BaseModel:
+    base = session.get(BaseModel, base_id)
+    if base is None:
+        raise NotFound(f"base {base_id} not found")
+    return base
+
+
 def manifest_shapes(base: BaseModel) -> dict[str, tuple[str, tuple[int, ...]]]:
     return {t.name: (t.dtype, tuple(t.shape)) for t in unpack_manifest(base.manifest)}
+
+
+def register_base(
+    session: Session, actor: Actor, reg: BaseRegistration, store: BlobStore | None = None
+) -> tuple[BaseModel, bool]:
+    """Record a base (or return the identical existing one); returns ``(base, created)``."""
+    check_base(reg.hub_id, reg.revision)
+    if not reg.tensors or len(reg.tensors) > MAX_TENSORS:
+        raise BadRequest(f"a base needs 1..{MAX_TENSORS} tensors in its manifest")
+    computed = fingerprint_digest(reg.tensors)
+    if computed != reg.fingerprint:
+        raise BadRequest(
+            f"fingerprint {reg.fingerprint} does not match its manifest (computed {computed})",
+            computed_fingerprint=computed,
+        )
+    files = normalize_files(reg.files) if reg.files else []
+    blob_service.require_stored(session, files)
+    existing = session.scalar(select(BaseModel).where(
+        BaseModel.hub_id == reg.hub_id, BaseModel.revision == reg.revision,
+        BaseModel.fingerprint == reg.fingerprint,
+    ))
+    if existing is not None:
+        if files and not existing.files:
+            existing.files = _file_rows(files)
+            audit.record(session, actor, "base.uploaded", "base",
+                         f"{reg.hub_id}@{reg.revision}", payload={"files": len(files)})
+        return existing, False
+    base = BaseModel(
+        hub_id=reg.hub_id, revision=reg.revision, fingerprint=reg.fingerprint,
+        manifest=pack_manifest(reg.tensors), tensor_count=len(reg.tensors),
+        total_bytes=sum(t.nbytes for t in reg.tensors),
+        files=_file_rows(files),
+        created_by=actor.name,
+    )
+    session.add(base)
+    session.flush()
+    audit.record(session, actor, "base.registered", "base", f"{reg.hub_id}@{reg.revision}",
+                 payload={"fingerprint": reg.fingerprint, "tensors": len(reg.tensors),
+                          "uploaded": bool(files)})
+    if store is not None:
+        verify_pending(session, actor, base, store)
+    return base, True
+
+
+def _file_rows(files: Sequence[FileEntry]) -> list[dict[str, object]]:
+    return [{"path": f.path, "digest": f.digest, "size": f.size} for f in files]
+
+
+def verify_pending(
+    session: Session, actor: Actor, base: BaseModel, store: BlobStore
+) -> list[AdapterVersion]:
+    """Check the ``unverified`` versions pushed against this base's hub id and revision:
+    each becomes ``verified`` (linked to the base) or ``incompatible``."""
+    stmt = select(AdapterVersion).where(
+        AdapterVersion.base_hub_id == base.hub_id,
+        AdapterVersion.base_revision == base.revision,
+        AdapterVersion.compat_status == "unverified",
+    )
+    shapes = manifest_shapes(base)
+    checked = list(session.scalars(stmt))
+    for version in checked:
+        _verify_one(session, actor, version, base, shapes, store)
+    session.flush()
+    return checked
+
+
+def _verify_one(
+    session: Session, actor: Actor, version: AdapterVersion, base: BaseModel,
+    shapes: dict[str, tuple[str, tuple[int, ...]]], store: BlobStore,
+) -> None:
+    files = [FileEntry(f.path, f.digest, f.size) for f in version.files]
+    try:
+        mismatches = check_against_base(inspect_adapter(store, files).layout, shapes)
+    except InvalidAdapter as exc:
+        mismatches = [exc.detail]
+    version.compat_status = "incompatible" if mismatches else "verified"
+    if not mismatches:
+        version.base_model = base
+    name = f"{version.adapter.full_name}@{version.number}"
+    audit.record(session, actor, f"version.{version.compat_status}", "version", name,
+                 namespace=version.adapter.namespace.name,
+                 payload={"base_id": base.id, "mismatches": mismatches[:10]})
 
 
 def check_adapter_fits(
@@ -39,3 +157,7 @@ def check_adapter_fits(
         return None, "unverified"
     ensure_compatible_shapes(layout, manifest_shapes(base))
     return base, "verified"
+
+
+def tensors_of(base: BaseModel) -> Sequence[TensorEntry]:
+    return unpack_manifest(base.manifest)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.blobs import BlobInfo
 from registry.db import insert_ignore
-from registry.errors import NotFound
-from registry.manifest import check_digest
+from registry.errors import BadRequest, NotFound
+from registry.manifest import FileEntry, check_digest
 from registry.models import Blob, utcnow
 
 
@@ -36,3 +36,21 @@ def get(session: Session, digest: str) -> Blob:
     if blob is None:
         raise NotFound(f"blob {digest} not found")
     return blob
+
+
+def require_stored(session: Session, files: Sequence[FileEntry]) -> None:
+    """Every file must be a stored, verified blob of the declared size."""
+    digests = {f.digest for f in files}
+    rows = session.execute(select(Blob.digest, Blob.size).where(Blob.digest.in_(digests)))
+    sizes: dict[str, int] = {row.digest: row.size for row in rows}
+    absent = sorted(d for d in digests if d not in sizes)
+    if absent:
+        raise BadRequest(
+            f"{len(absent)} file blob(s) are not uploaded yet: {', '.join(absent[:5])}",
+            missing=absent,
+        )
+    for f in files:
+        if sizes[f.digest] != f.size:
+            raise BadRequest(
+                f"file {f.path!r} declares size {f.size} but blob {f.digest} has {sizes[f.digest]}"
+            )

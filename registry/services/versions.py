@@ -16,7 +16,6 @@ from registry.manifest import FileEntry, manifest_digest, normalize_files
 from registry.models import (
     Adapter,
     AdapterVersion,
-    Blob,
     Metric,
     Namespace,
     VersionFile,
@@ -25,6 +24,7 @@ from registry.models import (
 )
 from registry.refs import Ref, check_base, parse_adapter_name
 from registry.services import adapters, audit, bases
+from registry.services import blobs as blob_service
 from registry.services.context import Actor
 from registry.services.inspect import inspect_adapter
 from registry.services.metrics import MetricInput, add_metrics, check_metric
@@ -71,24 +71,6 @@ def check_provenance(provenance: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def _check_blobs(session: Session, files: Sequence[FileEntry]) -> None:
-    """Every file must be a stored, verified blob of the declared size."""
-    digests = {f.digest for f in files}
-    rows = session.execute(select(Blob.digest, Blob.size).where(Blob.digest.in_(digests)))
-    sizes = dict(rows.tuples().all())
-    absent = sorted(d for d in digests if d not in sizes)
-    if absent:
-        raise BadRequest(
-            f"{len(absent)} file blob(s) are not uploaded yet: {', '.join(absent[:5])}",
-            missing=absent,
-        )
-    for f in files:
-        if sizes[f.digest] != f.size:
-            raise BadRequest(
-                f"file {f.path!r} declares size {f.size} but blob {f.digest} has {sizes[f.digest]}"
-            )
-
-
 def push_version(
     session: Session, store: BlobStore, actor: Actor, req: PushRequest
 ) -> PushResult:
@@ -103,7 +85,7 @@ def push_version(
     labels = adapters.check_labels(req.labels)
     provenance = check_provenance(req.provenance)
     metric_rows = [check_metric(m) for m in req.metrics]
-    _check_blobs(session, files)
+    blob_service.require_stored(session, files)
     inspection = inspect_adapter(store, files)
     digest = manifest_digest(files)
     base, compat = bases.check_adapter_fits(

@@ -1,4 +1,4 @@
-"""Tokens, audit log, base models, whoami, health and version."""
+"""Tokens, audit log, whoami, health and version."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from registry import __version__
 from registry.api import schemas as s
 from registry.api.deps import CtxDep, State, get_state
 from registry.errors import NotFound, PermissionDenied, StorageError
-from registry.models import ApiToken, BaseModel, utcnow
+from registry.models import ApiToken, utcnow
 from registry.services import audit, tokens
-from registry.services.pagination import paginate_by_id
 
 router = APIRouter(tags=["admin"])
 Limit = Annotated[int, Query(ge=1, le=500)]
@@ -94,25 +93,3 @@ def list_audit(
                                  target=target, action=action, actor=actor, cursor=cursor,
                                  limit=limit)
         return s.Page(items=[s.AuditOut.of(e) for e in page.items], next_cursor=page.next_cursor)
-
-
-@router.get("/api/v1/bases", response_model=s.Page)
-def list_bases(ctx: CtxDep, hub_id: str | None = None, cursor: str | None = None,
-               limit: Limit = 50) -> s.Page:
-    ctx.require("read", ctx.principal.namespace)
-    stmt = select(BaseModel)
-    if hub_id:
-        stmt = stmt.where(BaseModel.hub_id == hub_id)
-    with ctx.tx() as session:
-        page = paginate_by_id(session, stmt, BaseModel.id, cursor=cursor, limit=limit)
-        return s.Page(items=[s.BaseOut.of(b) for b in page.items], next_cursor=page.next_cursor)
-
-
-@router.get("/api/v1/bases/{base_id}", response_model=s.BaseOut)
-def get_base(base_id: int, ctx: CtxDep) -> s.BaseOut:
-    ctx.require("read", ctx.principal.namespace)
-    with ctx.tx() as session:
-        row = session.get(BaseModel, base_id)
-        if row is None:
-            raise NotFound(f"base {base_id} not found")
-        return s.BaseOut.of(row)

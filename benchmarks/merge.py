@@ -1,0 +1,272 @@
+"""Benchmark: lorareg's streaming merge against PEFT's merge_and_unload and a plain ``cp -r``.
+
+Builds once (cached under benchmarks/_data/merge/, gitignored) a random-weights bf16
+Llama-architecture base with TinyLlama-1.1B's shapes (hidden 2048, MLP 5632, 22 layers, 32 heads,
+4 KV heads, vocab 32000; ~2.2 GB in 2 GB shards + index, tensor names taken from a meta-device
+``LlamaForCausalLM``, written tensor by tensor so memory stays bounded) and an r=16 adapter on
+every linear layer of the decoder (float32, PEFT's key names and adapter_config.json).
+
+Then, with the page cache warm, each run in a fresh subprocess (wall time and peak RSS of that
+child, from ``os.wait4``; ``sync`` between runs, outside the timings):
+
+(a) ``merge_worker.merge.merge_adapter``;
+(b) PEFT: ``AutoModelForCausalLM.from_pretrained(bf16)`` + ``PeftModel.from_pretrained`` +
+    ``merge_and_unload`` + ``save_pretrained`` (2 GB shards, like the base);
+(c) ``cp -r`` of the base folder.
+
+Each wall figure is the best of ``--repeat`` runs, each RSS figure the largest. Finally every
+tensor of (a)'s output is compared with (b)'s (``torch.equal``). Usage::
+
+    .venv/bin/python benchmarks/merge.py [--repeat 2] [--data benchmarks/_data/merge]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TINYLLAMA = {
+    "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+    "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000,
+    "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+    "bos_token_id": 1, "eos_token_id": 2,
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SHARD_BYTES = 2 * 1000**3  # transformers' "2GB"
+RANK, ALPHA = 16, 32
+LAYOUT_VERSION = "merge-tinyllama-bf16-r16-v1"
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def base_tensors() -> list[tuple[str, tuple[int, ...]]]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**TINYLLAMA))
+    return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+
+
+def write_safetensors(path: Path, names: list[tuple[str, tuple[int, ...]]], dtype: str,
+                      make: Callable[[str, tuple[int, ...]], torch.Tensor]) -> int:
+    """Header first, then each tensor's bytes in order: memory of one tensor."""
+    size = {"BF16": 2, "F32": 4}[dtype]
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in names:
+        nbytes = math.prod(shape) * size
+        header[name] = {"dtype": dtype, "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for name, shape in names:
+            f.write(make(name, shape).contiguous().view(torch.uint8).numpy().tobytes())
+    return offset
+
+
+def base_value(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    if name.endswith("norm.weight"):
+        return torch.ones(shape, dtype=torch.bfloat16)
+    return (torch.randn(shape, dtype=torch.float32) * 0.02).to(torch.bfloat16)
+
+
+def build_base(folder: Path) -> None:
+    from transformers import GenerationConfig, LlamaConfig
+
+    folder.mkdir(parents=True)
+    tensors = base_tensors()
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    used = 0
+    for name, shape in tensors:
+        nbytes = math.prod(shape) * 2
+        if shards[-1] and used + nbytes > SHARD_BYTES:
+            shards.append([])
+            used = 0
+        shards[-1].append((name, shape))
+        used += nbytes
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards, 1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        total += write_safetensors(folder / file, shard, "BF16", base_value)
+        weight_map.update({name: file for name, _ in shard})
+    params = sum(math.prod(s) for _, s in tensors)
+    index = {"metadata": {"total_parameters": params, "total_size": total},
+             "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config = LlamaConfig(**TINYLLAMA)
+    config.architectures = ["LlamaForCausalLM"]
+    config.dtype = torch.bfloat16
+    config.save_pretrained(folder)
+    GenerationConfig(bos_token_id=1, eos_token_id=2).save_pretrained(folder)
+
+
+def build_adapter(folder: Path, base: Path) -> None:
+    folder.mkdir(parents=True)
+    names = []
+    for name, shape in base_tensors():
+        module = name.removesuffix(".weight")
+        if module.rpartition(".")[2] in TARGETS:
+            out_f, in_f = shape
+            names.append((f"base_model.model.{module}.lora_A.weight", (RANK, in_f)))
+            names.append((f"base_model.model.{module}.lora_B.weight", (out_f, RANK)))
+
+    def value(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if ".lora_A." in name:
+            bound = 1 / math.sqrt(shape[1])
+            return torch.empty(shape).uniform_(-bound, bound)
+        return torch.randn(shape) * 0.01
+
+    write_safetensors(folder / "adapter_model.safetensors", names, "F32", value)
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": RANK, "lora_alpha": ALPHA,
+        "target_modules": TARGETS, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+        "use_rslora": False, "use_dora": False, "init_lora_weights": True,
+        "base_model_name_or_path": None, "revision": None, "modules_to_save": None,
+        "rank_pattern": {}, "alpha_pattern": {}, "inference_mode": True,
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+
+
+def ensure_data(data: Path) -> tuple[Path, Path]:
+    base, adapter, marker = data / "base", data / "adapter", data / "VERSION"
+    if not marker.is_file() or marker.read_text() != LAYOUT_VERSION:
+        shutil.rmtree(data, ignore_errors=True)
+        torch.manual_seed(0)
+        print(f"building {base} (~2.2 GB) and {adapter} ...", flush=True)
+        build_base(base)
+        build_adapter(adapter, base)
+        marker.write_text(LAYOUT_VERSION)
+    return base, adapter
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+def child_ours(base: Path, adapter: Path, out: Path) -> None:
+    from merge_worker.merge import merge_adapter
+
+    merge_adapter(base, adapter, out)
+
+
+def child_peft(base: Path, adapter: Path, out: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(out, max_shard_size="2GB")
+
+
+def measure(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of one fresh child process."""
+    subprocess.run(["sync"], check=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{command} failed with exit code {proc.returncode}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def warm(folder: Path) -> None:
+    for path in folder.iterdir():
+        with path.open("rb") as f:
+            while f.read(64 << 20):
+                pass
+
+
+def iter_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            for key in f.keys():  # noqa: SIM118 -- safe_open is not iterable
+                yield key, f.get_tensor(key)
+
+
+def same_tensors(ours: Path, peft: Path) -> tuple[int, list[str]]:
+    from safetensors import safe_open
+
+    where = {}
+    for file in peft.glob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            where.update(dict.fromkeys(f.keys(), file))
+    differing, count = [], 0
+    for key, tensor in iter_tensors(ours):
+        with safe_open(where[key], "pt") as f:
+            differing += [] if torch.equal(tensor, f.get_tensor(key)) else [key]
+        count += 1
+    return count, differing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "_data" / "merge")
+    parser.add_argument("--child", choices=["ours", "peft"])
+    parser.add_argument("paths", nargs="*", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        {"ours": child_ours, "peft": child_peft}[args.child](*args.paths)
+        return
+    base, adapter = ensure_data(args.data)
+    warm(base)
+    runs = args.data / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    runs.mkdir()
+    me = [sys.executable, str(Path(__file__).resolve())]
+    commands = {
+        "cp -r": lambda out: ["cp", "-r", str(base), str(out)],
+        "lorareg": lambda out: [*me, "--child", "ours", str(base), str(adapter), str(out)],
+        "peft": lambda out: [*me, "--child", "peft", str(base), str(adapter), str(out)],
+    }
+    results: dict[str, tuple[float, float]] = {}
+    for label, command in commands.items():
+        walls, rsss = [], []
+        for _ in range(args.repeat):
+            out = runs / label.replace(" ", "")
+            shutil.rmtree(out, ignore_errors=True)
+            wall, rss = measure(command(out))
+            walls.append(wall)
+            rsss.append(rss)
+            print(f"  {label:8s} {wall:7.2f} s  {rss:8.0f} MiB", flush=True)
+        results[label] = (min(walls), max(rsss))
+    report(results, base)
+    count, differing = same_tensors(runs / "lorareg", runs / "peft")
+    print(f"bit-identical to PEFT: {count - len(differing)}/{count} tensors"
+          + (f" (differ: {differing[:5]})" if differing else ""))
+    shutil.rmtree(runs, ignore_errors=True)
+
+
+def report(results: dict[str, tuple[float, float]], base: Path) -> None:
+    size = sum(p.stat().st_size for p in base.iterdir()) / 1e9
+    ours, peft, cp = results["lorareg"], results["peft"], results["cp -r"]
+    print(f"\nbase: {size:.2f} GB bf16, r={RANK} adapter on {len(TARGETS)} linear layers x 22")
+    print(f"{'run':10s} {'wall s':>8s} {'peak RSS MiB':>14s}")
+    for label, (wall, rss) in results.items():
+        print(f"{label:10s} {wall:8.2f} {rss:14.0f}")
+    print(f"ours/PEFT wall     {ours[0] / peft[0]:.3f}  (goal <= 0.5)")
+    print(f"ours/PEFT peak RSS {ours[1] / peft[1]:.3f}  (goal <= 0.2)")
+    print(f"ours/cp wall       {ours[0] / cp[0]:.3f}  (goal <= 2)")
+
+
+if __name__ == "__main__":
+    main()

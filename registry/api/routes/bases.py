@@ -1,0 +1,95 @@
+"""Base models: register (fingerprint + tensor manifest), list, get, manifest."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel as PydanticModel
+from pydantic import Field
+from sqlalchemy import select
+
+from registry.api import schemas as s
+from registry.api.deps import CtxDep
+from registry.errors import BadRequest
+from registry.fingerprint import TensorEntry
+from registry.manifest import FileEntry
+from registry.models import BaseModel
+from registry.services import bases
+from registry.services.bases import BaseRegistration
+from registry.services.pagination import paginate_by_id
+
+router = APIRouter(prefix="/api/v1/bases", tags=["bases"])
+Limit = Annotated[int, Query(ge=1, le=500)]
+TensorRow = tuple[str, str, list[int], str]
+
+
+class BaseIn(s.In):
+    hub_id: str = Field(max_length=256)
+    revision: str = Field(max_length=128)
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tensors: list[TensorRow] = Field(min_length=1, max_length=bases.MAX_TENSORS,
+                                     description="[name, dtype, shape, sha256] per tensor")
+    files: list[s.FileIn] = Field(default_factory=list, max_length=10000)
+
+
+class ManifestOut(PydanticModel):
+    fingerprint: str
+    tensors: list[TensorRow]
+
+
+@router.post("", response_model=s.BaseOut, status_code=201,
+             responses={200: {"model": s.BaseOut}})
+def register(body: BaseIn, ctx: CtxDep, response: Response) -> s.BaseOut:
+    """Register base weights by fingerprint; the same weights again return the same base."""
+    ctx.require("write", ctx.principal.namespace)
+    reg = BaseRegistration(
+        hub_id=body.hub_id, revision=body.revision, fingerprint=body.fingerprint,
+        tensors=[_entry(row) for row in body.tensors],
+        files=[FileEntry(f.path, f.digest, f.size) for f in body.files],
+    )
+    with ctx.tx() as session:
+        base, created = bases.register_base(session, ctx.actor, reg, ctx.store)
+        out = s.BaseOut.of(base)
+    if not created:
+        response.status_code = 200
+    return out
+
+
+def _entry(row: TensorRow) -> TensorEntry:
+    name, dtype, shape, sha = row
+    try:
+        return TensorEntry(name, dtype, tuple(shape), sha)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"malformed tensor entry for {name!r}: {exc}") from exc
+
+
+@router.get("", response_model=s.Page)
+def list_bases(ctx: CtxDep, hub_id: str | None = None, revision: str | None = None,
+               cursor: str | None = None, limit: Limit = 50) -> s.Page:
+    ctx.require("read", ctx.principal.namespace)
+    stmt = select(BaseModel)
+    if hub_id:
+        stmt = stmt.where(BaseModel.hub_id == hub_id)
+    if revision:
+        stmt = stmt.where(BaseModel.revision == revision)
+    with ctx.tx() as session:
+        page = paginate_by_id(session, stmt, BaseModel.id, cursor=cursor, limit=limit)
+        return s.Page(items=[s.BaseOut.of(b) for b in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{base_id}", response_model=s.BaseOut)
+def get_base(base_id: int, ctx: CtxDep) -> s.BaseOut:
+    ctx.require("read", ctx.principal.namespace)
+    with ctx.tx() as session:
+        return s.BaseOut.of(bases.get_base(session, base_id))
+
+
+@router.get("/{base_id}/manifest", response_model=ManifestOut)
+def manifest(base_id: int, ctx: CtxDep) -> dict[str, Any]:
+    """The per-tensor manifest, to name the first differing tensor on a mismatch."""
+    ctx.require("read", ctx.principal.namespace)
+    with ctx.tx() as session:
+        base = bases.get_base(session, base_id)
+        rows = [[t.name, t.dtype, list(t.shape), t.sha256] for t in bases.tensors_of(base)]
+        return {"fingerprint": base.fingerprint, "tensors": rows}
