@@ -25,12 +25,15 @@ class App:
     config_path: Path
     json: bool = False
     quiet: bool = False
+    timeout: float = 30.0
+    retries: int = 4
     _client: Client | None = field(default=None, repr=False)
 
     def client(self) -> Client:
         """The one Client of this invocation, created on first use."""
         if self._client is None:
-            self._client = Client(self.url, self.token)
+            self._client = Client(self.url, self.token, timeout=self.timeout,
+                                  retries=self.retries)
         return self._client
 
     def close(self) -> None:

@@ -71,7 +71,7 @@ def login(app: App, url: str | None, token: str | None) -> None:
     """Check a token against the server and store URL and token in the config file."""
     url = (url or app.url).rstrip("/")
     token = token or app.token or click.prompt("Token", hide_input=True)
-    with Client(url, token) as client:
+    with Client(url, token, timeout=app.timeout, retries=app.retries) as client:
         who = client.whoami()
     save(app.config_path, StoredConfig(url=url, token=token))
     if app.json:

@@ -102,11 +102,15 @@ class LoraregGroup(click.Group):
               help="Config file [env LORAREG_CONFIG; default ~/.config/lorareg/config.json].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or remarks.")
+@click.option("--timeout", envvar="LORAREG_TIMEOUT", type=click.FloatRange(min=0.1), default=30.0,
+              show_default=True, help="Seconds to wait for each network operation.")
+@click.option("--retries", envvar="LORAREG_RETRIES", type=click.IntRange(min=0), default=4,
+              show_default=True, help="Retries of failed requests (with backoff).")
 @click.version_option(package_name="lorareg")
 @click.pass_context
 def main(
     ctx: click.Context, url: str | None, token: str | None, config_path: Path | None,
-    as_json: bool, quiet: bool,
+    as_json: bool, quiet: bool, timeout: float, retries: int,
 ) -> None:
     """Registry and lifecycle of LoRA adapters: push, pull, list, measure, yank."""
     path = config_path or config_file.default_path()
@@ -115,7 +119,8 @@ def main(
     # The stored token belongs to the stored server: never send it anywhere else.
     if token is None and stored.url and stored.url.rstrip("/") == effective:
         token = stored.token
-    app = App(url=effective, token=token, config_path=path, json=as_json, quiet=quiet)
+    app = App(url=effective, token=token, config_path=path, json=as_json, quiet=quiet,
+              timeout=timeout, retries=retries)
     ctx.obj = app
     ctx.call_on_close(app.close)
 

@@ -439,8 +439,8 @@ class LocalBlobStore(_VerifiedReads):
         return BlobInfo(digest, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def open(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        _check_range(start, end)
         path = self.path_for(digest)
+        _check_range(start, end)
         with _local_errors(digest):
             f = path.open("rb")
         try:
@@ -532,6 +532,7 @@ def _s3_stream(body: StreamingBody) -> Iterator[bytes]:
 def _make_client(endpoint_url: str | None, region: str | None) -> S3Client:
     config = Config(
         retries={"mode": "standard", "max_attempts": 5},
+        max_pool_connections=32,  # several concurrent puts, each with parts in flight
         s3={
             # Custom endpoints (MinIO, Ceph, moto) rarely have wildcard DNS for bucket names.
             "addressing_style": "path" if endpoint_url else "auto",
@@ -549,7 +550,7 @@ def _make_client(endpoint_url: str | None, region: str | None) -> S3Client:
 class _MultipartUpload:
     """One S3 multipart upload fed chunk by chunk. Up to ``concurrency`` parts are in flight
     on worker threads (each hashes its part and sends it) while the caller reads on; memory
-    is bounded by about ``concurrency + 1`` parts.
+    is bounded by about ``concurrency + 2`` parts (in flight, filling, being copied out).
 
     Every part carries its own ChecksumSHA256, which a real S3 verifies on receipt; the
     whole-object digest is checked by the caller before :meth:`complete`.
@@ -780,22 +781,27 @@ class S3BlobStore(_VerifiedReads):
         return BlobInfo(digest, head["ContentLength"], head["LastModified"])
 
     def open(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        _check_range(start, end)
         key = self.key_for(digest)
-        if end is not None and end <= start:  # S3 cannot express an empty range
+        _check_range(start, end)
+        if end == start:  # S3 cannot express an empty range
             _clamp_range(start, end, self.stat(digest).size)
             return iter(())
-        byte_range = f"bytes={start}-{'' if end is None else end - 1}"
         with _s3_errors("read", digest):
             try:
-                body = self.client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
+                body = self._get(key, start, end)
             except ClientError as exc:
                 if _error_code(exc) != "InvalidRange":
                     raise
                 # Starts at or past the end: empty if exactly at the end, else BadRequest.
                 _clamp_range(start, end, self.stat(digest).size)
                 return iter(())
-        return _s3_stream(body["Body"])
+        return _s3_stream(body)
+
+    def _get(self, key: str, start: int, end: int | None) -> StreamingBody:
+        if start == 0 and end is None:  # no Range: some S3 APIs answer 416 for empty objects
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        byte_range = f"bytes={start}-{'' if end is None else end - 1}"
+        return self.client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)["Body"]
 
     def delete(self, digest: str) -> None:
         key = self.key_for(digest)

@@ -252,3 +252,70 @@ class ApiToken(Base):
     expires_at: Mapped[opt_timestamp]
     revoked_at: Mapped[opt_timestamp]
     last_used_at: Mapped[opt_timestamp]
+
+
+class Job(Base):
+    """A durable unit of work for the workers (merge, ...). See registry.services.jobs."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_claim", "status", "run_after"),
+        Index("ix_jobs_dedupe", "dedupe_key", "status"),
+    )
+
+    id: Mapped[intpk]
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[json_dict]
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    namespace: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    target: Mapped[str] = mapped_column(String(512), default="")
+    # Equal keys mean equal work: a second request joins the queued/running job.
+    dedupe_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    run_after: Mapped[timestamp]
+    lease_expires_at: Mapped[opt_timestamp]
+    heartbeat_at: Mapped[opt_timestamp]
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    progress_message: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[timestamp]
+    started_at: Mapped[opt_timestamp]
+    finished_at: Mapped[opt_timestamp]
+
+
+class MergedArtifact(Base):
+    """A version merged into a base: written only after every file is stored and verified."""
+
+    __tablename__ = "merged_artifacts"
+    __table_args__ = (UniqueConstraint("version_id", "base_fingerprint"),)
+
+    id: Mapped[intpk]
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"))
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id", ondelete="RESTRICT"))
+    base_fingerprint: Mapped[str] = mapped_column(String(64))
+    merged_fingerprint: Mapped[str] = mapped_column(String(64))
+    total_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"),
+                                               nullable=True)
+    created_at: Mapped[timestamp]
+
+    files: Mapped[list[MergedFile]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="MergedFile.path"
+    )
+
+
+class MergedFile(Base):
+    __tablename__ = "merged_files"
+
+    artifact_id: Mapped[int] = mapped_column(
+        ForeignKey("merged_artifacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(String(512), primary_key=True)
+    digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest", ondelete="RESTRICT"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ from registry import client as client_mod
 from registry import errors
 from registry.client import Client, RetryPolicy, iter_folder, parse_retry_after, scan_folder
 from tests.cli.conftest import BASE, variant
-from tests.fixtures.server import LiveServer
+from tests.fixtures.server import LiveServer, base_env, bootstrap_admin, start_uvicorn
 
 # ----------------------------------------------------------------------------- local files
 
@@ -487,3 +487,42 @@ def test_bases_list_is_empty_until_registered(client: Client) -> None:
     assert client.bases() == []
     with pytest.raises(errors.NotFound):
         client.base(12345)
+
+
+@pytest.fixture
+def presigning_server(
+    fresh_db_url: str, tmp_path: Path, s3_env: dict[str, str], s3_bucket: str,
+) -> Iterator[LiveServer]:
+    """uvicorn storing blobs in the moto S3 server and answering downloads with 307s to
+    presigned URLs."""
+    token = bootstrap_admin(fresh_db_url)
+    env = base_env(LORAREG_MODE="production", LORAREG_DATABASE_URL=fresh_db_url,
+                   LORAREG_BLOB_URL=f"s3://{s3_bucket}/lorareg",
+                   LORAREG_PRESIGN_DOWNLOADS="true", **s3_env)
+    server = start_uvicorn(env, tmp_path / "server.log")
+    server.admin_token = token
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_pull_follows_presigned_redirects_and_resumes_there(
+    presigning_server: LiveServer, adapter_dir: Path, tmp_path: Path,
+) -> None:
+    with Client(presigning_server.url, presigning_server.admin_token) as c:
+        pushed = c.push(adapter_dir, "acme/bot", BASE)
+        weights = pushed["files"][[f["path"] for f in pushed["files"]].index(
+            "adapter_model.safetensors")]
+        raw = c._http.get(f"/api/v1/blobs/{weights['digest']}")
+        assert raw.status_code == 307
+        assert not raw.headers["location"].startswith(presigning_server.url)
+
+        partial = tmp_path / f".pulled.partial-{pushed['manifest_digest'][:12]}"
+        partial.mkdir()
+        data = (adapter_dir / "adapter_model.safetensors").read_bytes()
+        (partial / "adapter_model.safetensors").write_bytes(data[:777])
+        pulled = c.pull("acme/bot@1", tmp_path / "pulled")
+    assert pulled["downloaded_bytes"] == pushed["total_size"] - 777
+    for rel, src in iter_folder(adapter_dir):
+        assert (tmp_path / "pulled" / rel).read_bytes() == src.read_bytes()
