@@ -7,7 +7,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.models import Adapter, AdapterVersion, ApiToken, AuditEvent, Metric, Namespace
+from registry.models import (
+    Adapter,
+    AdapterVersion,
+    ApiToken,
+    AuditEvent,
+    Job,
+    MergedArtifact,
+    Metric,
+    Namespace,
+)
 from registry.models import BaseModel as BaseModelRow
 
 
@@ -253,3 +262,63 @@ class WhoAmI(BaseModel):
 class Page(BaseModel):
     items: list[Any]
     next_cursor: str | None
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    status: str
+    target: str
+    namespace: str | None
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    progress: float
+    progress_message: str
+    result: dict[str, Any] | None
+    error: str | None
+    worker_id: str | None
+    cancel_requested: bool
+    created_by: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, j: Job) -> JobOut:
+        return cls(id=j.id, kind=j.kind, status=j.status, target=j.target,
+                   namespace=j.namespace, payload=j.payload, attempts=j.attempts,
+                   max_attempts=j.max_attempts, progress=j.progress,
+                   progress_message=j.progress_message, result=j.result, error=j.error,
+                   worker_id=j.worker_id, cancel_requested=j.cancel_requested,
+                   created_by=j.created_by, created_at=j.created_at, started_at=j.started_at,
+                   finished_at=j.finished_at)
+
+
+class ArtifactOut(BaseModel):
+    id: int
+    ref: str
+    base_id: int
+    base_fingerprint: str
+    merged_fingerprint: str
+    total_size: int
+    files: list[FileOut]
+    job_id: int | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, a: MergedArtifact, ref: str) -> ArtifactOut:
+        return cls(id=a.id, ref=ref, base_id=a.base_model_id, base_fingerprint=a.base_fingerprint,
+                   merged_fingerprint=a.merged_fingerprint, total_size=a.total_size,
+                   files=[FileOut(path=f.path, digest=f.digest, size=f.size) for f in a.files],
+                   job_id=a.job_id, created_at=a.created_at)
+
+
+class MergeIn(In):
+    base_id: int | None = None
+
+
+class MergeOut(BaseModel):
+    artifact: ArtifactOut | None
+    job: JobOut | None
+    created: bool

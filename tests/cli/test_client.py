@@ -514,7 +514,8 @@ def test_pull_follows_presigned_redirects_and_resumes_there(
         pushed = c.push(adapter_dir, "acme/bot", BASE)
         weights = pushed["files"][[f["path"] for f in pushed["files"]].index(
             "adapter_model.safetensors")]
-        raw = c._http.get(f"/api/v1/blobs/{weights['digest']}")
+        raw = httpx.get(f"{presigning_server.url}/api/v1/blobs/{weights['digest']}",
+                        headers={"Authorization": f"Bearer {presigning_server.admin_token}"})
         assert raw.status_code == 307
         assert not raw.headers["location"].startswith(presigning_server.url)
 

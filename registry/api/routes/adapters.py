@@ -43,7 +43,8 @@ def versions_page(session: Session, page: Page[AdapterVersion]) -> s.Page:
     return s.Page(items=items, next_cursor=page.next_cursor)
 
 
-def _ref(ns: str, name: str, sel: str) -> Ref:
+def ref_of(ns: str, name: str, sel: str) -> Ref:
+    """The version reference of a ``/adapters/{ns}/{name}/versions/{sel}`` path."""
     parse_adapter_name(f"{ns}/{name}")
     if sel == "latest":
         return Ref(ns, name)
@@ -144,7 +145,7 @@ def list_all_versions(
 def get_version(ns: str, name: str, sel: str, ctx: CtxDep) -> s.VersionOut:
     ctx.require("read", ns)
     with ctx.tx() as session:
-        return version_out(session, versions.get_version(session, _ref(ns, name, sel)))
+        return version_out(session, versions.get_version(session, ref_of(ns, name, sel)))
 
 
 @router.post("/adapters/{ns}/{name}/versions", response_model=s.VersionOut,
@@ -173,7 +174,7 @@ def push_version(
 def yank(ns: str, name: str, sel: str, body: s.YankIn, ctx: CtxDep) -> s.VersionOut:
     ctx.require("write", ns)
     with ctx.tx() as session:
-        v = versions.yank(session, ctx.actor, _ref(ns, name, sel), body.reason)
+        v = versions.yank(session, ctx.actor, ref_of(ns, name, sel), body.reason)
         return version_out(session, v)
 
 
@@ -181,7 +182,7 @@ def yank(ns: str, name: str, sel: str, body: s.YankIn, ctx: CtxDep) -> s.Version
 def unyank(ns: str, name: str, sel: str, body: s.UnyankIn, ctx: CtxDep) -> s.VersionOut:
     ctx.require("write", ns)
     with ctx.tx() as session:
-        v = versions.unyank(session, ctx.actor, _ref(ns, name, sel), body.reason)
+        v = versions.unyank(session, ctx.actor, ref_of(ns, name, sel), body.reason)
         return version_out(session, v)
 
 
@@ -190,7 +191,7 @@ def log_metrics(ns: str, name: str, sel: str, body: s.MetricsIn, ctx: CtxDep
                 ) -> dict[str, list[s.MetricOut]]:
     ctx.require("write", ns)
     with ctx.tx() as session:
-        v = versions.get_version(session, _ref(ns, name, sel))
+        v = versions.get_version(session, ref_of(ns, name, sel))
         rows = metrics.log_metrics(session, ctx.actor, v, [
             MetricInput(m.key, m.value, m.dataset, m.split) for m in body.metrics])
         return {"metrics": [s.MetricOut.of(m) for m in rows]}
@@ -200,5 +201,5 @@ def log_metrics(ns: str, name: str, sel: str, body: s.MetricsIn, ctx: CtxDep
 def metric_history(ns: str, name: str, sel: str, ctx: CtxDep) -> dict[str, list[s.MetricOut]]:
     ctx.require("read", ns)
     with ctx.tx() as session:
-        v = versions.get_version(session, _ref(ns, name, sel))
+        v = versions.get_version(session, ref_of(ns, name, sel))
         return {"items": [s.MetricOut.of(m) for m in metrics.history(session, v)]}
