@@ -700,7 +700,7 @@ class _Sink:
     def write_from(self, response: httpx.Response) -> None:
         with self.target.open("ab") as fh:
             try:
-                for chunk in response.iter_bytes(CHUNK):
+                for chunk in response.iter_bytes():  # as received: keep every byte we got
                     fh.write(chunk)
                     self.hasher.update(chunk)
                     self.size += len(chunk)

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     worker_cache: Path | None = Field(
         None, description="worker-local cache of base weights; default <home>/worker-cache"
     )
+    worker_lease_seconds: float = Field(
+        30.0, description="job lease; a worker silent this long loses its job to another"
+    )
+    worker_poll_seconds: float = Field(1.0, description="idle worker's queue polling interval")
     log_format: Literal["json", "text"] = Field("text", description="log line format")
 
     @property

@@ -271,6 +271,37 @@ def test_pull_resumes_a_partial_file(tmp_path: Path, honour_range: bool) -> None
     assert bar.total == len(big) + len(small) and bar.n == bar.total
 
 
+class DroppingStream(httpx.SyncByteStream):
+    """A body that breaks off after ``cut`` bytes, like a dropped connection."""
+
+    def __init__(self, data: bytes, cut: int) -> None:
+        self.data, self.cut = data, cut
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data[: self.cut]
+        raise httpx.ReadError("connection reset by peer")
+
+
+def test_pull_resumes_after_the_connection_drops_mid_file(tmp_path: Path) -> None:
+    data = os.urandom(4096)
+    server = BlobServer({"w.bin": data})
+    first_blob_get = True
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal first_blob_get
+        if "/blobs/" in request.url.path and first_blob_get:
+            first_blob_get = False
+            server.ranges.append(request.headers.get("range"))
+            return httpx.Response(200, stream=DroppingStream(data, 1000))
+        return server(request)
+
+    sleeps: list[float] = []
+    result = _mock_client(handler, sleeps).pull("acme/bot@1", tmp_path / "out")
+    assert (tmp_path / "out" / "w.bin").read_bytes() == data
+    assert server.ranges == [None, "bytes=1000-"]
+    assert result["downloaded_bytes"] == 4096 and len(sleeps) == 1
+
+
 def test_pull_replaces_a_wrong_complete_file(tmp_path: Path) -> None:
     data = os.urandom(64)
     server = BlobServer({"w.bin": data})
