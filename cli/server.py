@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+import threading
 
 import click
 from sqlalchemy import func, select
@@ -48,9 +50,26 @@ def serve(host: str, port: int, workers: int) -> None:
         click.secho(BANNER_NO_AUTH.format(host=host), fg="yellow", bold=True, err=True)
     elif not _has_tokens(engine):
         click.secho(BOOTSTRAP_HINT, fg="yellow", err=True)
+    stopping = threading.Event()
+    _start_embedded_workers(workers, stopping)
     click.echo(f"listening on http://{host}:{port}  (API docs: /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
-    _ = workers  # the in-process worker arrives with the merge worker (issue 5)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        stopping.set()  # running jobs are released for the next start
+
+
+def _start_embedded_workers(count: int, stopping: threading.Event) -> None:
+    if count <= 0:
+        return
+    if importlib.util.find_spec("torch") is None:
+        click.secho("merges are disabled: the worker needs torch "
+                    "(pip install torch==2.13.0 'lorareg[worker]')", fg="yellow", err=True)
+        return
+    from merge_worker.__main__ import start_workers
+
+    start_workers(count, stopping)
+    click.echo(f"{count} in-process worker thread(s) running merges", err=True)
 
 
 def _has_tokens(engine: object) -> bool:
