@@ -33,8 +33,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# The measuring parent imports no torch: a child's peak RSS (ru_maxrss) starts from the RSS of
+# the process it was forked from, so a fat parent would inflate every figure.
 
 ROOT = Path(__file__).resolve().parent.parent
 TINYLLAMA = {
@@ -53,6 +58,7 @@ LAYOUT_VERSION = "merge-tinyllama-bf16-r16-v1"
 
 
 def base_tensors() -> list[tuple[str, tuple[int, ...]]]:
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     with torch.device("meta"):
@@ -62,6 +68,8 @@ def base_tensors() -> list[tuple[str, tuple[int, ...]]]:
 
 def write_safetensors(path: Path, names: list[tuple[str, tuple[int, ...]]], dtype: str,
                       make: Callable[[str, tuple[int, ...]], torch.Tensor]) -> int:
+    import torch
+
     """Header first, then each tensor's bytes in order: memory of one tensor."""
     size = {"BF16": 2, "F32": 4}[dtype]
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
@@ -81,12 +89,15 @@ def write_safetensors(path: Path, names: list[tuple[str, tuple[int, ...]]], dtyp
 
 
 def base_value(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    import torch
+
     if name.endswith("norm.weight"):
         return torch.ones(shape, dtype=torch.bfloat16)
     return (torch.randn(shape, dtype=torch.float32) * 0.02).to(torch.bfloat16)
 
 
 def build_base(folder: Path) -> None:
+    import torch
     from transformers import GenerationConfig, LlamaConfig
 
     folder.mkdir(parents=True)
@@ -117,6 +128,8 @@ def build_base(folder: Path) -> None:
 
 
 def build_adapter(folder: Path, base: Path) -> None:
+    import torch
+
     folder.mkdir(parents=True)
     names = []
     for name, shape in base_tensors():
@@ -143,16 +156,23 @@ def build_adapter(folder: Path, base: Path) -> None:
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
 
 
-def ensure_data(data: Path) -> tuple[Path, Path]:
-    base, adapter, marker = data / "base", data / "adapter", data / "VERSION"
+def build_data(data: Path) -> None:
+    import torch
+
+    base, adapter = data / "base", data / "adapter"
+    shutil.rmtree(data, ignore_errors=True)
+    torch.manual_seed(0)
+    print(f"building {base} (~2.2 GB) and {adapter} ...", flush=True)
+    build_base(base)
+    build_adapter(adapter, base)
+    (data / "VERSION").write_text(LAYOUT_VERSION)
+
+
+def ensure_data(data: Path, me: list[str]) -> tuple[Path, Path]:
+    marker = data / "VERSION"
     if not marker.is_file() or marker.read_text() != LAYOUT_VERSION:
-        shutil.rmtree(data, ignore_errors=True)
-        torch.manual_seed(0)
-        print(f"building {base} (~2.2 GB) and {adapter} ...", flush=True)
-        build_base(base)
-        build_adapter(adapter, base)
-        marker.write_text(LAYOUT_VERSION)
-    return base, adapter
+        subprocess.run([*me, "--child", "build", str(data)], check=True, cwd=ROOT)
+    return data / "base", data / "adapter"
 
 
 # --- runs ----------------------------------------------------------------------------------
@@ -165,6 +185,7 @@ def child_ours(base: Path, adapter: Path, out: Path) -> None:
 
 
 def child_peft(base: Path, adapter: Path, out: Path) -> None:
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -194,6 +215,7 @@ def warm(folder: Path) -> None:
 
 
 def iter_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+
     from safetensors import safe_open
 
     for file in sorted(folder.glob("*.safetensors")):
@@ -203,6 +225,7 @@ def iter_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def same_tensors(ours: Path, peft: Path) -> tuple[int, list[str]]:
+    import torch
     from safetensors import safe_open
 
     where = {}
@@ -217,22 +240,30 @@ def same_tensors(ours: Path, peft: Path) -> tuple[int, list[str]]:
     return count, differing
 
 
+def child_verify(ours: Path, peft: Path) -> None:
+    count, differing = same_tensors(ours, peft)
+    print(f"bit-identical to PEFT: {count - len(differing)}/{count} tensors"
+          + (f" (differ: {differing[:5]})" if differing else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "_data" / "merge")
-    parser.add_argument("--child", choices=["ours", "peft"])
+    parser.add_argument("--child", choices=["ours", "peft", "build", "verify"])
     parser.add_argument("paths", nargs="*", type=Path)
     args = parser.parse_args()
+    me = [sys.executable, str(Path(__file__).resolve())]
     if args.child:
-        {"ours": child_ours, "peft": child_peft}[args.child](*args.paths)
+        children: dict[str, Callable[..., None]] = {
+            "ours": child_ours, "peft": child_peft, "build": build_data, "verify": child_verify}
+        children[args.child](*args.paths)
         return
-    base, adapter = ensure_data(args.data)
+    base, adapter = ensure_data(args.data, me)
     warm(base)
     runs = args.data / "runs"
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir()
-    me = [sys.executable, str(Path(__file__).resolve())]
     commands = {
         "cp -r": lambda out: ["cp", "-r", str(base), str(out)],
         "lorareg": lambda out: [*me, "--child", "ours", str(base), str(adapter), str(out)],
@@ -250,9 +281,8 @@ def main() -> None:
             print(f"  {label:8s} {wall:7.2f} s  {rss:8.0f} MiB", flush=True)
         results[label] = (min(walls), max(rsss))
     report(results, base)
-    count, differing = same_tensors(runs / "lorareg", runs / "peft")
-    print(f"bit-identical to PEFT: {count - len(differing)}/{count} tensors"
-          + (f" (differ: {differing[:5]})" if differing else ""))
+    subprocess.run([*me, "--child", "verify", str(runs / "lorareg"), str(runs / "peft")],
+                   check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     shutil.rmtree(runs, ignore_errors=True)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from cli import adapters, audit, config_file, lifecycle, metrics, tokens, transfer
+from cli import adapters, audit, config_file, lifecycle, metrics, server, tokens, transfer
 from cli.app import App
 from registry.errors import RegistryError
 
@@ -131,5 +131,6 @@ for command in (
     transfer.push, transfer.pull,
     metrics.metrics, lifecycle.yank, lifecycle.unyank,
     tokens.token, audit.audit,
+    server.serve, server.db, server.worker,
 ):
     main.add_command(command)

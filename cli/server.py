@@ -99,3 +99,13 @@ def upgrade(revision: str) -> None:
     click.echo(f"database at revision {migrate.current_revision(engine)}", err=True)
     engine.dispose()
     sys.stdout.flush()
+
+
+@click.command()
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker threads in this process.")
+def worker(workers: int) -> None:
+    """Run merge workers against LORAREG_DATABASE_URL until SIGTERM (= python -m merge_worker)."""
+    from merge_worker.__main__ import main as worker_main
+
+    worker_main(["--workers", str(workers)])

@@ -662,7 +662,7 @@ class S3BlobStore(_VerifiedReads):
         region: str | None = None,
         multipart_threshold: int = 16 * 1024 * 1024,
         part_size: int = 16 * 1024 * 1024,
-        upload_concurrency: int = 4,
+        upload_concurrency: int = 3,
         client: S3Client | None = None,
     ) -> None:
         if not bucket:

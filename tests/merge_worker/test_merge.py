@@ -59,7 +59,7 @@ def assert_matches_peft(out: Path, base: Path, reference: torch.nn.Module, exact
     assert changed > 0
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_bit_identical_to_peft(
     tiny_models: TinyModels, tmp_path: Path, case: str, dtype: str

@@ -251,6 +251,17 @@ def test_put_of_existing_blob_still_verifies_the_stream(blob_store: BlobStore) -
     assert b"".join(blob_store.read_verified(first.digest)) == data
 
 
+def test_put_without_digest_of_an_existing_blob(blob_store: BlobStore) -> None:
+    data = payload(BIG, seed=15)
+    first = blob_store.put(Reader(data))
+    progress: list[int] = []
+    again = blob_store.put(Reader(data), progress=progress.append)
+    assert again.digest == first.digest
+    assert sum(progress) == len(data)
+    assert stored_keys(blob_store) == {content_key(first.digest)}
+    assert pending_multipart(blob_store) == []
+
+
 def test_concurrent_identical_puts(blob_store: BlobStore) -> None:
     data = payload(SMALL, seed=8)
     errors: list[BaseException] = []

@@ -1,0 +1,178 @@
+"""Low-level safetensors shard I/O for the streaming merge.
+
+* :func:`read_shard` parses a shard's header into byte ranges (the tensors must tile the data
+  area exactly, as the format requires), keeping the header bytes verbatim so an output shard
+  with the same tensors can reuse it.
+* :class:`Writer` writes on a background thread, so disk writes overlap the maths; a fixed set of
+  reusable byte slots bounds memory and avoids fresh allocations (and page faults) per tensor.
+
+The safetensors package has no API for byte offsets or incremental writing, hence this module;
+the header format is 8 bytes of little-endian length, a JSON object, then the raw data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import torch
+
+from registry.errors import InvalidSafetensors
+
+MAX_HEADER = 100 << 20
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute file offsets
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    path: Path
+    header: bytes  # the 8-byte length and the JSON header, verbatim
+    entries: tuple[Entry, ...]  # in file order
+
+    @property
+    def data_size(self) -> int:
+        return self.entries[-1].end - len(self.header) if self.entries else 0
+
+
+def read_shard(path: Path) -> Shard:
+    """Parse a safetensors header; its tensors must tile the data area exactly."""
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        if len(prefix) != 8:
+            raise InvalidSafetensors(f"{path.name}: too short for a safetensors file")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > MAX_HEADER:
+            raise InvalidSafetensors(f"{path.name}: header of {length} bytes is too large")
+        raw = f.read(length)
+    data_start = 8 + length
+    try:
+        header = json.loads(raw)
+        entries = sorted(
+            (Entry(k, v["dtype"], tuple(v["shape"]), data_start + v["data_offsets"][0],
+                   data_start + v["data_offsets"][1])
+             for k, v in header.items() if k != "__metadata__"),
+            key=lambda e: e.start,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise InvalidSafetensors(f"{path.name}: unreadable safetensors header ({exc})") from exc
+    _check_tiling(path, data_start, entries)
+    return Shard(path.name, path, prefix + raw, tuple(entries))
+
+
+def _check_tiling(path: Path, data_start: int, entries: list[Entry]) -> None:
+    position = data_start
+    for e in entries:
+        if e.dtype not in DTYPES:
+            raise InvalidSafetensors(f"{path.name}: tensor {e.name} has unknown dtype {e.dtype}")
+        if e.start != position or e.nbytes != math.prod(e.shape) * _itemsize(e.dtype):
+            raise InvalidSafetensors(f"{path.name}: tensor {e.name} has bad data offsets")
+        position = e.end
+    if position != path.stat().st_size:
+        raise InvalidSafetensors(f"{path.name}: file size does not match its header")
+
+
+def _itemsize(dtype: str) -> int:
+    return torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+def bytes_of(tensor: torch.Tensor) -> memoryview:
+    """The raw bytes of a contiguous tensor, without copying."""
+    if tensor.numel() == 0:
+        return memoryview(b"")
+    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy().data).cast("B")
+
+
+def read_exact(fd: int, view: memoryview, offset: int) -> None:
+    while len(view):
+        count = os.preadv(fd, [view], offset)
+        if count <= 0:
+            raise InvalidSafetensors("a base shard ended early")
+        view, offset = view[count:], offset + count
+
+
+def write_all_at(fd: int, view: memoryview, offset: int) -> None:
+    while len(view):
+        count = os.pwrite(fd, view, offset)
+        view, offset = view[count:], offset + count
+
+
+class Writer:
+    """Runs write jobs in order on one background thread.
+
+    Each job holds one of ``slots`` reusable byte buffers (acquired with :meth:`slot`) until it
+    has run, so at most ``slots`` tensors are in flight. Use as a context manager: leaving it
+    waits for every queued job and re-raises the first write error.
+    """
+
+    def __init__(self, slots: int, slot_bytes: int) -> None:
+        self.slot_bytes = slot_bytes
+        self._free: queue.Queue[torch.Tensor] = queue.Queue()
+        for _ in range(slots):
+            self._free.put(torch.empty(slot_bytes, dtype=torch.uint8))
+        self._jobs: queue.Queue[tuple[Callable[[], object], torch.Tensor] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._abort = False
+        self._thread = threading.Thread(target=self._run, name="merge-writer", daemon=True)
+        self._thread.start()
+
+    def slot(self) -> torch.Tensor:
+        """A free byte buffer (blocks while every slot is in flight)."""
+        self._raise_error()
+        return self._free.get()
+
+    def submit(self, slot: torch.Tensor, job: Callable[[], object]) -> None:
+        """Run ``job`` after every earlier job, then give ``slot`` back."""
+        self._jobs.put((job, slot))
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._abort = kind is not None  # the main thread failed: skip what is still queued
+        self._jobs.put(None)
+        self._thread.join()
+        if kind is None:
+            self._raise_error()
+
+    def _run(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            job, slot = item
+            try:
+                if self._error is None and not self._abort:
+                    job()
+            except BaseException as exc:  # handed to the main thread
+                self._error = exc
+            finally:
+                self._free.put(slot)
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
