@@ -39,9 +39,12 @@ never takes its fp16/bf16-on-CPU cast branch. With ``W`` the base tensor in its 
 
 Every output tensor must be finite (else :class:`~registry.errors.ValidationFailed` naming it).
 
-Faster, same bits: ``B @ A`` and ``* s`` run into reused buffers (``matmul(out=)``, ``mul_``),
-and the mixed-dtype ``W += delta`` is done as ``wide = W.float(); wide += delta; W.copy_(wide)``
-(the same float32 sum and the same single rounding, without torch's slow mixed-dtype kernel).
+Faster, same bits: for plain linear/Conv1D modules, ``B @ A``, ``* s`` and the add run by blocks
+of rows of ``B @ A`` (each element's dot product over r is the same), in reused buffers
+(``matmul(out=)``, ``mul_``), and the mixed-dtype ``W += delta`` is done as ``wide.copy_(W);
+wide += delta; W.copy_(wide)`` (the same float32 sum and single rounding, without torch's slow
+mixed-dtype kernel). Torch runs single-threaded meanwhile: the writer thread has the other core,
+and small ops scale badly across threads.
 
 Streaming: merged tensors keep name, dtype and shape, so each output shard has the base shard's
 exact header and tensor offsets. The header is copied, then tensors are written in offset order
@@ -97,6 +100,7 @@ SINGLE_NAME = "model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 COPY_CHUNK = 16 << 20  # untouched tensors are copied (and checked) in pieces of this size
+BLOCK_ELEMENTS = 1 << 18  # rows of B @ A handled at once: 1 MiB of float32, cache-sized
 WRITE_SLOTS = 2
 # Weights in other formats would be stale (unmerged) copies: never carried over.
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json",
@@ -141,7 +145,7 @@ def merge_adapter(
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     plan = _prepare(base_dir, adapter_dir, out_dir)
     merger = _Merger(plan.layout, load_file(adapter_dir / ADAPTER_WEIGHTS))
-    with _staging(out_dir) as tmp:
+    with _staging(out_dir) as tmp, _single_threaded():
         _write_shards(plan, merger, tmp, _Progress(plan, progress, should_cancel))
         _copy_other_files(base_dir, tmp, {s.name for s in plan.shards})
         if plan.index is not None:
@@ -275,27 +279,45 @@ class _Merger:
 
     def _merge_weight(self, weight: torch.Tensor, m: LoraModule) -> torch.Tensor:
         a, b = self._factor(m.a_key, weight), self._factor(m.b_key, weight)
-        product = self.scratch.get(0, a.dtype, (b.shape[0], a.shape[1]))
-        torch.matmul(b, a, out=product)  # lora_B.weight @ lora_A.weight
-        product.mul_(m.scaling)  # "transpose(...) * scaling": the same values, in place
+        if m.magnitude_key is None and m.kind != "embedding":
+            _add_lora(weight, a, b, m.scaling, m.kind == "conv1d", self.scratch)
+            return weight
         embedding = m.kind == "embedding"
         fifo = m.kind == "conv1d"
+        product = self.scratch.get(0, a.dtype, (b.shape[0], a.shape[1]))
+        torch.matmul(b, a, out=product)  # lora_B @ lora_A
+        product.mul_(m.scaling)  # "transpose(...) * scaling": the same values, in place
         delta = _transpose(product, embedding or fifo)
         if m.magnitude_key is not None:
             magnitude = self._factor(m.magnitude_key, weight)
             if embedding:
                 return _dora_embedding(weight, delta, magnitude)
             return _dora_linear(weight, delta, magnitude, fifo)
-        if embedding:
-            weight += delta.to(weight.dtype)  # Embedding.merge rounds the delta first
-        elif weight.dtype == delta.dtype:
-            weight += delta
-        else:  # Linear.merge's mixed-dtype "weight += delta": float32 sum, one rounding
-            wide = self.scratch.get(1, delta.dtype, tuple(weight.shape))
-            wide.copy_(weight)
-            wide += delta
-            weight.copy_(wide)
+        weight += delta.to(weight.dtype)  # Embedding.merge rounds the delta first
         return weight
+
+
+def _add_lora(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
+              fifo: bool, scratch: _Scratch) -> None:
+    """Linear.merge's ``weight += transpose(B @ A, fifo) * scaling``, by blocks of rows of
+    ``B @ A`` that stay in cache. Every element gets exactly PEFT's operations: its own dot
+    product over r (row blocks of a matmul compute the same values), the float32 product with
+    ``scaling``, the float32 sum with the weight and one rounding to the weight's dtype."""
+    rows = max(1, BLOCK_ELEMENTS // a.shape[1])
+    for start in range(0, b.shape[0], rows):
+        b_rows = b[start:start + rows]
+        product = scratch.get(0, a.dtype, (b_rows.shape[0], a.shape[1]))
+        torch.matmul(b_rows, a, out=product)
+        product.mul_(scaling)
+        target = weight[:, start:start + rows] if fifo else weight[start:start + rows]
+        delta = _transpose(product, fifo)
+        if target.dtype == delta.dtype:
+            target += delta
+        else:  # torch's mixed-dtype "target += delta", without its slow kernel
+            wide = scratch.get(1, delta.dtype, tuple(target.shape))
+            wide.copy_(target)
+            wide += delta
+            target.copy_(wide)
 
 
 class _Scratch:
@@ -338,6 +360,16 @@ def _dora_embedding(w: torch.Tensor, delta: torch.Tensor, mag: torch.Tensor) -> 
 
 
 # --- output --------------------------------------------------------------------------------
+
+
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @contextmanager

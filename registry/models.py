@@ -319,3 +319,124 @@ class MergedFile(Base):
     path: Mapped[str] = mapped_column(String(512), primary_key=True)
     digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest", ondelete="RESTRICT"), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
+
+
+class Channel(Base):
+    """A named pointer of an adapter: a stable version and optionally a weighted canary.
+
+    Every change bumps ``revision`` under a compare-and-swap (see registry.services.channels).
+    """
+
+    __tablename__ = "channels"
+    __table_args__ = (UniqueConstraint("adapter_id", "name"),)
+
+    id: Mapped[intpk]
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="RESTRICT"))
+    name: Mapped[str] = mapped_column(String(32))
+    stable_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="RESTRICT"), nullable=True)
+    canary_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="RESTRICT"), nullable=True)
+    canary_weight_bp: Mapped[int] = mapped_column(Integer, default=0)
+    rollout_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    profile: Mapped[str] = mapped_column(String(16), default="any")
+    protected: Mapped[bool] = mapped_column(default=False)
+    base_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+
+    adapter: Mapped[Adapter] = relationship(lazy="joined")
+    stable: Mapped[AdapterVersion | None] = relationship(
+        foreign_keys=[stable_version_id], lazy="joined")
+    canary: Mapped[AdapterVersion | None] = relationship(
+        foreign_keys=[canary_version_id], lazy="joined")
+
+
+class ChannelEvent(Base):
+    """The full history of a channel: who moved it, when, from what to what, and why."""
+
+    __tablename__ = "channel_events"
+    __table_args__ = (Index("ix_channel_events_channel", "channel_id", "id"),)
+
+    id: Mapped[intpk]
+    channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(32))
+    from_stable: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    to_stable: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    canary: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    canary_weight_bp: Mapped[int] = mapped_column(Integer, default=0)
+    rollout_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    metrics: Mapped[json_dict]
+    created_at: Mapped[timestamp]
+
+
+class Rollout(Base):
+    """A canary walk of one version through weighted steps behind metric gates."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_due", "status", "next_eval_at"),)
+
+    id: Mapped[intpk]
+    channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id",
+                                                       ondelete="RESTRICT"))
+    baseline_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="RESTRICT"), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    paused_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    steps: Mapped[list[int]] = mapped_column(JSON)
+    step_index: Mapped[int] = mapped_column(Integer, default=-1)
+    interval_seconds: Mapped[int] = mapped_column(Integer)
+    gates: Mapped[list[str]] = mapped_column(JSON)
+    max_failures: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    min_requests: Mapped[int] = mapped_column(Integer, default=1)
+    step_started_at: Mapped[opt_timestamp]
+    next_eval_at: Mapped[opt_timestamp]
+    deadline_at: Mapped[opt_timestamp]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+    finished_at: Mapped[opt_timestamp]
+
+    channel: Mapped[Channel] = relationship(lazy="joined")
+    version: Mapped[AdapterVersion] = relationship(foreign_keys=[version_id], lazy="joined")
+
+
+class GateEvaluation(Base):
+    """One gate evaluated at one step: the values compared, the threshold and the verdict."""
+
+    __tablename__ = "gate_evaluations"
+    __table_args__ = (Index("ix_gate_evaluations_rollout", "rollout_id", "id"),)
+
+    id: Mapped[intpk]
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    step_index: Mapped[int] = mapped_column(Integer)
+    gate: Mapped[str] = mapped_column(String(256))
+    verdict: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    evaluated_at: Mapped[timestamp]
+
+
+class LiveSample(Base):
+    """A batch of live serving measurements for one version, as reported by a router."""
+
+    __tablename__ = "live_samples"
+    __table_args__ = (Index("ix_live_samples_version", "version_id", "recorded_at"),)
+
+    id: Mapped[intpk]
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id",
+                                                       ondelete="CASCADE"))
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Other measurements (latency_p95_ms, quality, ...): averaged weighted by requests.
+    values: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    reporter: Mapped[str] = mapped_column(String(128), default="")
+    recorded_at: Mapped[timestamp]

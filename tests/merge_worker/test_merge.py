@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from merge_worker import merge as merge_module
 from merge_worker.merge import MergeCancelled, merge_adapter
 from registry.errors import Conflict, IncompatibleBase, InvalidAdapter, ValidationFailed
 from tests.fixtures.models import TinyModels, load_model, read_folder
@@ -264,3 +265,16 @@ def test_stale_weight_files_are_not_copied(tiny_models: TinyModels, tmp_path: Pa
     names = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")}
     assert names == {"config.json", "generation_config.json", "tokenizer_config.json",
                      "model.safetensors", "original", "original/params.json"}
+
+
+@pytest.mark.parametrize("case", ["patterns", "fan_in_fan_out"])
+def test_row_blocks_do_not_change_bits(
+    tiny_models: TinyModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """The merge computes B @ A by blocks of rows; tiny blocks must give PEFT's bits too."""
+    monkeypatch.setattr(merge_module, "BLOCK_ELEMENTS", 40)  # 1-2 rows per block here
+    family, lora = CASES[case]
+    base = tiny_models.base(family, "bf16")
+    adapter = tiny_models.adapter(base, **lora)
+    merge_adapter(base, adapter, tmp_path / "out")
+    assert_matches_peft(tmp_path / "out", base, tiny_models.peft_merged(base, adapter), exact=True)
