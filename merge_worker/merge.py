@@ -76,9 +76,9 @@ from merge_worker.shards import (
     DTYPES,
     Entry,
     Shard,
+    ShardReader,
     Writer,
     bytes_of,
-    read_exact,
     read_shard,
     write_all_at,
 )
@@ -252,23 +252,27 @@ class _Merger:
     def touches(self, name: str) -> bool:
         return name in self.weights or name in self.biases or name in self.replacements
 
-    def needs_base(self, name: str) -> bool:
-        return name not in self.replacements
-
-    def build(self, name: str, dtype: torch.dtype, base: torch.Tensor | None) -> torch.Tensor:
-        """The output tensor ``name`` (of ``dtype``); ``base`` is None when it is replaced."""
+    def build(self, name: str, base: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+        """The output tensor ``name``: from ``base`` (a read-only view of the base tensor, None
+        when the adapter replaces it), written into ``out`` (a free buffer of its dtype and
+        shape) where possible."""
         if name in self.replacements:
-            weight = self.adapter[self.replacements[name]].to(dtype)
+            base = self.adapter[self.replacements[name]].to(out.dtype)
             self.replaced += 1
+        assert base is not None
+        module = self.weights.get(name)
+        if module is not None and module.magnitude_key is None and module.kind != "embedding":
+            a, b = self._factor(module.a_key, out), self._factor(module.b_key, out)
+            _add_lora(base, out, a, b, module.scaling, module.kind == "conv1d", self.scratch)
+            weight = out
         else:
-            assert base is not None
-            weight = base
-        if name in self.weights:
-            weight = self._merge_weight(weight, self.weights[name])
-            self.merged += 1
+            weight = out.copy_(base)
+            if module is not None:
+                weight = self._merge_weight(weight, module)
+        self.merged += module is not None
         if name in self.biases:
-            module = self.biases[name]
-            weight += self._factor(module.bias_key, weight) * module.scaling
+            bias_module = self.biases[name]
+            weight += self._factor(bias_module.bias_key, weight) * bias_module.scaling
             self.merged += 1
         return weight
 
@@ -278,10 +282,8 @@ class _Merger:
         return self.adapter[key].to(compute)
 
     def _merge_weight(self, weight: torch.Tensor, m: LoraModule) -> torch.Tensor:
+        """Embeddings and DoRA, literally as PEFT's Embedding.merge / Dora*Variant.merge_unsafe."""
         a, b = self._factor(m.a_key, weight), self._factor(m.b_key, weight)
-        if m.magnitude_key is None and m.kind != "embedding":
-            _add_lora(weight, a, b, m.scaling, m.kind == "conv1d", self.scratch)
-            return weight
         embedding = m.kind == "embedding"
         fifo = m.kind == "conv1d"
         product = self.scratch.get(0, a.dtype, (b.shape[0], a.shape[1]))
@@ -297,25 +299,27 @@ class _Merger:
         return weight
 
 
-def _add_lora(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
-              fifo: bool, scratch: _Scratch) -> None:
-    """Linear.merge's ``weight += transpose(B @ A, fifo) * scaling``, by blocks of rows of
-    ``B @ A`` that stay in cache. Every element gets exactly PEFT's operations: its own dot
-    product over r (row blocks of a matmul compute the same values), the float32 product with
-    ``scaling``, the float32 sum with the weight and one rounding to the weight's dtype."""
+def _add_lora(base: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+              scaling: float, fifo: bool, scratch: _Scratch) -> None:
+    """Linear.merge's ``weight += transpose(B @ A, fifo) * scaling`` from ``base`` into ``out``,
+    by blocks of rows of ``B @ A`` that stay in cache. Every element gets exactly PEFT's
+    operations: its own dot product over r (row blocks of a matmul compute the same values),
+    the float32 product with ``scaling``, the float32 sum with the weight and one rounding to
+    the weight's dtype."""
     rows = max(1, BLOCK_ELEMENTS // a.shape[1])
     for start in range(0, b.shape[0], rows):
         b_rows = b[start:start + rows]
         product = scratch.get(0, a.dtype, (b_rows.shape[0], a.shape[1]))
         torch.matmul(b_rows, a, out=product)
         product.mul_(scaling)
-        target = weight[:, start:start + rows] if fifo else weight[start:start + rows]
+        block = slice(start, start + rows)
+        source, target = (base[:, block], out[:, block]) if fifo else (base[block], out[block])
         delta = _transpose(product, fifo)
         if target.dtype == delta.dtype:
-            target += delta
-        else:  # torch's mixed-dtype "target += delta", without its slow kernel
+            torch.add(source, delta, out=target)
+        else:  # torch's mixed-dtype "weight += delta", without its slow kernel
             wide = scratch.get(1, delta.dtype, tuple(target.shape))
-            wide.copy_(target)
+            wide.copy_(source)
             wide += delta
             target.copy_(wide)
 
@@ -405,66 +409,66 @@ class _Progress:
 
 def _write_shards(plan: _Plan, merger: _Merger, tmp: Path, progress: _Progress) -> None:
     outputs: list[int] = []
+    readers: list[ShardReader] = []
     try:
         with Writer(WRITE_SLOTS, _slot_bytes(plan, merger)) as writer:
             for shard in plan.shards:
+                readers.append(ShardReader(shard))
                 outputs.append(os.open(tmp / shard.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
                                        0o644))
-                _write_shard(shard, outputs[-1], merger, writer, progress)
+                _write_shard(readers[-1], outputs[-1], merger, writer, progress)
     finally:
-        for fd in outputs:  # closed once the writer thread has finished with them
+        # only once the writer thread has finished with them
+        for fd in outputs:
             os.close(fd)
+        for reader in readers:
+            reader.close()
 
 
 def _slot_bytes(plan: _Plan, merger: _Merger) -> int:
-    touched = (e.nbytes for s in plan.shards for e in s.entries if merger.touches(e.name))
-    return max(COPY_CHUNK, *touched)
+    touched = [e.nbytes for s in plan.shards for e in s.entries if merger.touches(e.name)]
+    return max(touched, default=0)
 
 
-def _write_shard(shard: Shard, dst: int, merger: _Merger, writer: Writer,
+def _write_shard(reader: ShardReader, dst: int, merger: _Merger, writer: Writer,
                  progress: _Progress) -> None:
-    header = shard.header
-    writer.submit(writer.slot(), functools.partial(write_all_at, dst, memoryview(header), 0))
-    src = os.open(shard.path, os.O_RDONLY)
-    try:
-        for entry in shard.entries:
-            progress.step(entry, shard.name)
-            if merger.touches(entry.name):
-                _write_merged(src, dst, entry, merger, writer)
-            else:
-                _copy_checked(src, dst, entry, writer)
-    finally:
-        os.close(src)
+    shard = reader.shard
+    writer.submit(writer.slot(), functools.partial(write_all_at, dst, memoryview(shard.header), 0))
+    for entry in shard.entries:
+        progress.step(entry, shard.name)
+        if merger.touches(entry.name):
+            _write_merged(reader, dst, entry, merger, writer)
+        else:
+            _copy_checked(reader, dst, entry, writer)
 
 
-def _write_merged(src: int, dst: int, entry: Entry, merger: _Merger, writer: Writer) -> None:
+def _write_merged(reader: ShardReader, dst: int, entry: Entry, merger: _Merger,
+                  writer: Writer) -> None:
     slot = writer.slot()
-    base = None
-    if merger.needs_base(entry.name):
-        base = _as_tensor(slot, entry)
-        read_exact(src, bytes_of(base), entry.start)
-    tensor = merger.build(entry.name, DTYPES[entry.dtype], base).contiguous()
+    out = slot[:entry.nbytes].view(DTYPES[entry.dtype]).view(entry.shape)
+    tensor = merger.build(entry.name, reader.tensor(entry), out).contiguous()
+    reader.release(entry.start, entry.end)
     _ensure_finite(entry.name, tensor)
     data = bytes_of(tensor)  # keeps ``tensor`` alive until written
     writer.submit(slot, functools.partial(write_all_at, dst, data, entry.start))
 
 
-def _as_tensor(slot: torch.Tensor, entry: Entry) -> torch.Tensor:
-    return slot[:entry.nbytes].view(DTYPES[entry.dtype]).view(entry.shape)
+def _copy_checked(reader: ShardReader, dst: int, entry: Entry, writer: Writer) -> None:
+    """Copy an untouched tensor piece by piece, checking it is finite on the way."""
+    for start in range(entry.start, entry.end, COPY_CHUNK):
+        end = min(start + COPY_CHUNK, entry.end)
+        piece = Entry(entry.name, entry.dtype, ((end - start) // _itemsize(entry),), start, end)
+        _ensure_finite(entry.name, reader.tensor(piece))
+        writer.submit(writer.slot(), functools.partial(_copy_piece, reader, dst, start, end))
 
 
-def _copy_checked(src: int, dst: int, entry: Entry, writer: Writer) -> None:
-    """Copy an untouched tensor through the writer's slots, checking it is finite on the way."""
-    dtype = DTYPES[entry.dtype]
-    step = COPY_CHUNK
-    for offset in range(entry.start, entry.end, step):
-        size = min(step, entry.end - offset)
-        slot = writer.slot()
-        chunk = bytes_of(slot)[:size]
-        read_exact(src, chunk, offset)
-        if dtype in FINITE_CHECKED:
-            _ensure_finite(entry.name, slot[:size].view(dtype))
-        writer.submit(slot, functools.partial(write_all_at, dst, chunk, offset))
+def _copy_piece(reader: ShardReader, dst: int, start: int, end: int) -> None:
+    write_all_at(dst, reader.view(start, end), start)
+    reader.release(start, end)
+
+
+def _itemsize(entry: Entry) -> int:
+    return torch.empty((), dtype=DTYPES[entry.dtype]).element_size()
 
 
 def _ensure_finite(name: str, tensor: torch.Tensor) -> None:

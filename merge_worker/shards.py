@@ -3,6 +3,9 @@
 * :func:`read_shard` parses a shard's header into byte ranges (the tensors must tile the data
   area exactly, as the format requires), keeping the header bytes verbatim so an output shard
   with the same tensors can reuse it.
+* :class:`ShardReader` gives zero-copy views of a shard's tensors through a private read-only
+  use of a memory mapping, and drops ranges from the process's resident set once used (the page
+  cache keeps them), so memory stays bounded however large the shard.
 * :class:`Writer` writes on a background thread, so disk writes overlap the maths; a fixed set of
   reusable byte slots bounds memory and avoids fresh allocations (and page faults) per tensor.
 
@@ -12,8 +15,10 @@ the header format is 8 bytes of little-endian length, a JSON object, then the ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import mmap
 import os
 import queue
 import struct
@@ -102,19 +107,45 @@ def _itemsize(dtype: str) -> int:
     return torch.empty((), dtype=DTYPES[dtype]).element_size()
 
 
+class ShardReader:
+    """Views of one shard's bytes; never write through them."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        with shard.path.open("rb") as f:
+            # ACCESS_COPY: a private mapping is writable as far as Python's buffer protocol is
+            # concerned (torch.frombuffer wants that), yet reads share the page cache.
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+    def tensor(self, entry: Entry) -> torch.Tensor:
+        dtype = DTYPES[entry.dtype]
+        if entry.nbytes == 0:
+            return torch.empty(entry.shape, dtype=dtype)
+        raw = torch.frombuffer(self._map, dtype=torch.uint8, count=entry.nbytes,
+                               offset=entry.start)
+        if entry.start % raw.new_empty((), dtype=dtype).element_size():
+            raw = raw.clone()  # an unaligned tensor cannot be viewed as its dtype in place
+        return raw.view(dtype).view(entry.shape)
+
+    def view(self, start: int, end: int) -> memoryview:
+        return memoryview(self._map)[start:end]
+
+    def release(self, start: int, end: int) -> None:
+        """Drop ``[start, end)`` from this process's memory; a later read re-reads the file."""
+        aligned = start - start % mmap.PAGESIZE
+        if end > aligned:
+            self._map.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):  # a view is still alive; unmapped when collected
+            self._map.close()
+
+
 def bytes_of(tensor: torch.Tensor) -> memoryview:
     """The raw bytes of a contiguous tensor, without copying."""
     if tensor.numel() == 0:
         return memoryview(b"")
     return memoryview(tensor.reshape(-1).view(torch.uint8).numpy().data).cast("B")
-
-
-def read_exact(fd: int, view: memoryview, offset: int) -> None:
-    while len(view):
-        count = os.preadv(fd, [view], offset)
-        if count <= 0:
-            raise InvalidSafetensors("a base shard ended early")
-        view, offset = view[count:], offset + count
 
 
 def write_all_at(fd: int, view: memoryview, offset: int) -> None:

@@ -27,7 +27,7 @@ from registry.blobs import BlobStore
 from registry.config import Settings
 from registry.db import transaction
 from registry.errors import BadRequest, Conflict, NotFound, RegistryError
-from registry.services import jobs
+from registry.services import jobs, rollouts
 
 log = logging.getLogger("lorareg.worker")
 
@@ -101,12 +101,15 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.lease, self.poll_seconds = lease, poll_seconds
         self.stopping = stopping or threading.Event()
+        self.tick_seconds = min(poll_seconds, 1.0)
+        self._last_tick = 0.0
 
     def run(self) -> None:
         """Claim and run jobs until stopped; database outages are waited out."""
         log.info("worker %s started (kinds: %s)", self.worker_id, ", ".join(self.handlers))
         while not self.stopping.is_set():
             try:
+                self.tick_controllers()
                 ran = self.run_once()
             except SQLAlchemyError as exc:
                 log.warning("worker %s: database unavailable (%s)", self.worker_id, exc)
@@ -114,6 +117,18 @@ class Worker:
             if not ran:
                 self.stopping.wait(self.poll_seconds)
         log.info("worker %s stopped", self.worker_id)
+
+    def tick_controllers(self) -> None:
+        """Run the rollout controller about once a second (every worker does; ticks are
+        idempotent and take due rollouts under SKIP LOCKED)."""
+        now = time.monotonic()
+        if now - self._last_tick < self.tick_seconds:
+            return
+        self._last_tick = now
+        with transaction(self.sessions) as session:
+            acted = rollouts.tick(session)
+        if acted:
+            log.info("worker %s: rollout controller acted on %s", self.worker_id, acted)
 
     def run_once(self) -> bool:
         """Run at most one job; False when the queue had nothing runnable."""

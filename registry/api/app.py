@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from registry import __version__
 from registry.api import problems
 from registry.api.deps import State
-from registry.api.routes import adapters, admin, bases, blobs, jobs
+from registry.api.routes import adapters, admin, bases, blobs, channels, jobs, resolve
 from registry.blobs import BlobStore, open_blob_store
 from registry.config import Settings, get_settings
 from registry.db import make_engine, make_session_factory
@@ -84,7 +84,7 @@ def create_app(
                   description="Registry and lifecycle service for LoRA adapters")
     app.state.lorareg = state
     problems.install(app)
-    for module in (admin, adapters, bases, blobs, jobs):
+    for module in (admin, adapters, bases, blobs, channels, jobs, resolve):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, json_limit=settings.max_json_body,
                        blob_limit=settings.max_blob_size)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -17,9 +19,37 @@ from registry.db import transaction
 from registry.errors import PermissionDenied, Unauthenticated
 from registry.services import tokens
 from registry.services.context import Actor
+from registry.services.resolve import ResolveCache
 from registry.services.tokens import Principal
 
 LOCAL_PRINCIPAL = Principal(name="local", role="admin", namespace=None)
+
+
+class TokenCache:
+    """Authenticated tokens for a few seconds, so the hot path (resolve) does no database
+    work per request. A revoked token is refused within ``ttl`` on every replica."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, token: str) -> Principal | None:
+        hit = self._entries.get(_token_key(token))
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        return None
+
+    def put(self, token: str, principal: Principal) -> None:
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[_token_key(token)] = (principal, time.monotonic() + self.ttl)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _token_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass
@@ -30,6 +60,11 @@ class State:
     sessions: sessionmaker[Session]
     store: BlobStore
     auth_required: bool
+    resolve: ResolveCache = field(init=False)
+    tokens: TokenCache = field(default_factory=TokenCache)
+
+    def __post_init__(self) -> None:
+        self.resolve = ResolveCache(self.sessions)
 
 
 @dataclass
@@ -89,8 +124,11 @@ def get_ctx(request: Request, state: Annotated[State, Depends(get_state)]) -> Ct
         if state.auth_required:
             raise Unauthenticated("this registry requires an API token (Authorization: Bearer)")
         return Ctx(state, LOCAL_PRINCIPAL, request_id)
-    with transaction(state.sessions) as session:
-        principal = tokens.authenticate(session, token)
+    principal = state.tokens.get(token)
+    if principal is None:
+        with transaction(state.sessions) as session:
+            principal = tokens.authenticate(session, token)
+        state.tokens.put(token, principal)
     return Ctx(state, principal, request_id)
 
 

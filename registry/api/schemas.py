@@ -12,10 +12,13 @@ from registry.models import (
     AdapterVersion,
     ApiToken,
     AuditEvent,
+    Channel,
+    ChannelEvent,
     Job,
     MergedArtifact,
     Metric,
     Namespace,
+    Rollout,
 )
 from registry.models import BaseModel as BaseModelRow
 
@@ -322,3 +325,172 @@ class MergeOut(BaseModel):
     artifact: ArtifactOut | None
     job: JobOut | None
     created: bool
+
+
+class ChannelOut(BaseModel):
+    adapter: str
+    name: str
+    stable: int | None
+    canary: int | None
+    canary_weight_bp: int
+    rollout_id: int | None
+    profile: str
+    protected: bool
+    base_fingerprint: str | None
+    revision: int
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, c: Channel) -> ChannelOut:
+        return cls(adapter=c.adapter.full_name, name=c.name,
+                   stable=c.stable.number if c.stable else None,
+                   canary=c.canary.number if c.canary else None,
+                   canary_weight_bp=c.canary_weight_bp, rollout_id=c.rollout_id,
+                   profile=c.profile, protected=c.protected, base_fingerprint=c.base_fingerprint,
+                   revision=c.revision, updated_at=c.updated_at)
+
+
+class ChannelConfigIn(In):
+    profile: Literal["any", "vllm", "merged"] | None = None
+    protected: bool | None = None
+    expect_revision: int | None = None
+
+
+class PromoteIn(In):
+    version: int = Field(ge=1)
+    now: bool = False
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100], max_length=20)
+    interval_seconds: int = Field(600, ge=1, le=7 * 86400)
+    gates: list[str] = Field(default_factory=list, max_length=20)
+    max_failures: int = Field(0, ge=0, le=100)
+    deadline_seconds: int | None = Field(None, ge=1)
+    min_requests: int = Field(1, ge=0)
+    new_base: bool = False
+    expect_revision: int | None = None
+    reason: str = Field("", max_length=2048)
+
+
+class RollbackIn(In):
+    to_version: int | None = Field(None, ge=1)
+    expect_revision: int | None = None
+    reason: str = Field("", max_length=2048)
+
+
+class ControlIn(In):
+    reason: str = Field("", max_length=2048)
+
+
+class ChannelEventOut(BaseModel):
+    id: int
+    revision: int
+    action: str
+    from_stable: int | None
+    to_stable: int | None
+    canary: int | None
+    canary_weight_bp: int
+    rollout_id: int | None
+    actor: str
+    reason: str
+    metrics: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, e: ChannelEvent) -> ChannelEventOut:
+        return cls(id=e.id, revision=e.revision, action=e.action, from_stable=e.from_stable,
+                   to_stable=e.to_stable, canary=e.canary, canary_weight_bp=e.canary_weight_bp,
+                   rollout_id=e.rollout_id, actor=e.actor, reason=e.reason, metrics=e.metrics,
+                   created_at=e.created_at)
+
+
+class GateEvaluationOut(BaseModel):
+    step_index: int
+    gate: str
+    verdict: str
+    value: float | None
+    threshold: float | None
+    detail: str
+    evaluated_at: datetime
+
+
+class RolloutOut(BaseModel):
+    id: int
+    channel: str
+    version: int
+    status: str
+    paused_by: str | None
+    steps: list[int]
+    step_index: int
+    weight_bp: int
+    interval_seconds: int
+    gates: list[str]
+    max_failures: int
+    failures: int
+    next_eval_at: datetime | None
+    deadline_at: datetime | None
+    reason: str
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, r: Rollout) -> RolloutOut:
+        step = r.steps[r.step_index] * 100 if 0 <= r.step_index < len(r.steps) else 0
+        return cls(id=r.id, channel=f"{r.channel.adapter.full_name}:{r.channel.name}",
+                   version=r.version.number, status=r.status, paused_by=r.paused_by,
+                   steps=r.steps, step_index=r.step_index,
+                   weight_bp=step if r.status in ("progressing", "paused") else 0,
+                   interval_seconds=r.interval_seconds, gates=r.gates,
+                   max_failures=r.max_failures, failures=r.failures,
+                   next_eval_at=r.next_eval_at, deadline_at=r.deadline_at, reason=r.reason,
+                   created_by=r.created_by, created_at=r.created_at, finished_at=r.finished_at)
+
+
+class PromoteOut(BaseModel):
+    channel: ChannelOut
+    rollout: RolloutOut | None
+
+
+class LiveReportIn(In):
+    adapter: str = Field(max_length=200)
+    version: int = Field(ge=1)
+    requests: int = Field(ge=0)
+    errors: int = Field(0, ge=0)
+    values: dict[str, float] = Field(default_factory=dict)
+
+
+class LiveIn(In):
+    reports: list[LiveReportIn] = Field(min_length=1, max_length=1000)
+
+
+class ResolvedFile(BaseModel):
+    path: str
+    digest: str
+    size: int
+    url: str
+
+
+class ResolveOut(BaseModel):
+    adapter: str
+    channel: str
+    ref: str
+    version: int
+    canary: bool
+    manifest_digest: str
+    files: list[ResolvedFile]
+
+
+class ResolveItemIn(In):
+    adapter: str = Field(max_length=200)
+    key: str = Field("", max_length=1024)
+
+
+class ResolveBatchIn(In):
+    channel: str = Field(max_length=32)
+    items: list[ResolveItemIn] = Field(min_length=1, max_length=1000)
+
+
+class CheckOut(BaseModel):
+    ref: str
+    profile: str
+    ok: bool
+    problems: list[str]

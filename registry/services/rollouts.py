@@ -109,7 +109,10 @@ def evaluations(session: Session, rollout: Rollout) -> list[GateEvaluation]:
 
 
 def pause(session: Session, rollout: Rollout, change: Change) -> Rollout:
+    """Hold the canary at its weight until resumed (an analysis pause becomes manual)."""
     _require_active(rollout)
+    if rollout.paused_by == "manual":
+        raise Conflict(f"rollout {rollout.id} is already paused")
     channel = _locked_channel(session, rollout, change)
     rollout.status, rollout.paused_by = "paused", "manual"
     _transition(session, rollout, channel, change.actor, "rollout.paused", change.reason)

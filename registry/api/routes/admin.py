@@ -79,6 +79,7 @@ def revoke_token(token_id: str, ctx: CtxDep) -> Response:
         if ctx.principal.namespace is not None and row.namespace != ctx.principal.namespace:
             raise PermissionDenied("a namespace admin may only revoke that namespace's tokens")
         tokens.revoke_token(session, ctx.actor, token_id)
+    ctx.state.tokens.clear()  # other replicas forget it within the cache's few seconds
     return Response(status_code=204)
 
 
