@@ -151,6 +151,7 @@ def test_deadline_aborts(session: Session, push: Push) -> None:
         deadline_at=db_now(session) - timedelta(seconds=1)))
     bake(session, rollout)
     assert rollout.status == "aborted" and "deadline" in rollout.reason
+    assert prod.stable_version_id == v1.id and prod.canary_weight_bp == 0
 
 
 def test_rollback_to_previous_and_named(session: Session, push: Push) -> None:
