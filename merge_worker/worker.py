@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,7 +28,7 @@ from registry.blobs import BlobStore
 from registry.config import Settings
 from registry.db import transaction
 from registry.errors import BadRequest, Conflict, NotFound, RegistryError
-from registry.services import jobs, rollouts
+from registry.services import jobs, rollouts, webhooks
 
 log = logging.getLogger("lorareg.worker")
 
@@ -103,6 +104,7 @@ class Worker:
         self.stopping = stopping or threading.Event()
         self.tick_seconds = min(poll_seconds, 1.0)
         self._last_tick = 0.0
+        self._http = httpx.Client(timeout=webhooks.TIMEOUT, follow_redirects=False)
 
     def run(self) -> None:
         """Claim and run jobs until stopped; database outages are waited out."""
@@ -110,6 +112,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 self.tick_controllers()
+                self.deliver_webhooks()
                 ran = self.run_once()
             except SQLAlchemyError as exc:
                 log.warning("worker %s: database unavailable (%s)", self.worker_id, exc)
@@ -129,6 +132,19 @@ class Worker:
             acted = rollouts.tick(session)
         if acted:
             log.info("worker %s: rollout controller acted on %s", self.worker_id, acted)
+
+    def deliver_webhooks(self, limit: int = 50) -> int:
+        """Send due webhook deliveries (each under its own row lock and transaction)."""
+        sent = 0
+        backoff = timedelta(seconds=self.settings.webhook_backoff_seconds)
+        while sent < limit and not self.stopping.is_set():
+            with transaction(self.sessions) as session:
+                row = webhooks.deliver_one(session, self._http, backoff=backoff,
+                                           max_attempts=self.settings.webhook_max_attempts)
+            if row is None:
+                break
+            sent += 1
+        return sent
 
     def run_once(self) -> bool:
         """Run at most one job; False when the queue had nothing runnable."""

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         30.0, description="job lease; a worker silent this long loses its job to another"
     )
     worker_poll_seconds: float = Field(1.0, description="idle worker's queue polling interval")
+    webhook_max_attempts: int = Field(10, description="attempts before a delivery is dead")
+    webhook_backoff_seconds: float = Field(
+        5.0, description="first retry delay of a webhook delivery (doubles each attempt)"
+    )
     log_format: Literal["json", "text"] = Field("text", description="log line format")
 
     @property

@@ -88,6 +88,8 @@ class Adapter(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     # The version counter: taken under a row lock when a version is created (no MAX+1).
     next_version: Mapped[int] = mapped_column(Integer, default=1)
+    # Retention (off when None): keep the newest N versions plus any a channel points at.
+    keep_last: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[timestamp]
     updated_at: Mapped[timestamp]
 
@@ -117,6 +119,9 @@ class Blob(Base):
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[timestamp]
+    # Bumped whenever a client is told it need not upload this blob: garbage collection
+    # keeps blobs seen within its grace window, so a push in flight never loses one.
+    last_seen_at: Mapped[timestamp]
 
 
 class BaseModel(Base):
@@ -440,3 +445,49 @@ class LiveSample(Base):
     values: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     reporter: Mapped[str] = mapped_column(String(128), default="")
     recorded_at: Mapped[timestamp]
+
+
+class Webhook(Base):
+    """A subscription of a URL to a namespace's events (Standard Webhooks signatures)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[intpk]
+    namespace: Mapped[str] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(128))
+    event_types: Mapped[list[str]] = mapped_column(JSON)
+    active: Mapped[bool] = mapped_column(default=True)
+    allow_private: Mapped[bool] = mapped_column(default=False)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[timestamp]
+
+
+class WebhookEvent(Base):
+    """The transactional outbox: written in the same transaction as the change it reports."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[intpk]
+    namespace: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[json_dict]
+    created_at: Mapped[timestamp]
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription: retried with backoff, then dead; re-sendable."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[intpk]
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[timestamp]
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[opt_timestamp]
+    created_at: Mapped[timestamp]

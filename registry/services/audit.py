@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.models import AuditEvent
+from registry.services import webhooks
 from registry.services.context import Actor
 from registry.services.pagination import Page, paginate_by_id
 
@@ -35,6 +36,7 @@ def record(
         request_id=actor.request_id,
     )
     session.add(event)
+    webhooks.emit(session, event)  # the outbox row commits (or not) with this event
     return event
 
 

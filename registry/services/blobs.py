@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from registry.blobs import BlobInfo
@@ -21,13 +21,19 @@ def missing(session: Session, digests: Iterable[str]) -> list[str]:
     for i in range(0, len(wanted), 500):
         chunk = wanted[i : i + 500]
         have.update(session.scalars(select(Blob.digest).where(Blob.digest.in_(chunk))))
+    if have:
+        # Told "you need not upload", a client is about to reference these: keep them
+        # inside the garbage collector's grace window.
+        session.execute(update(Blob).where(Blob.digest.in_(list(have)))
+                        .values(last_seen_at=utcnow()))
     return [d for d in wanted if d not in have]
 
 
 def record(session: Session, info: BlobInfo) -> Blob:
     """Record a blob the store has just written and verified (idempotent)."""
+    now = utcnow()
     insert_ignore(session, Blob, {"digest": info.digest, "size": info.size,
-                                  "created_at": utcnow()})
+                                  "created_at": now, "last_seen_at": now})
     return session.get_one(Blob, info.digest)
 
 
@@ -41,7 +47,9 @@ def get(session: Session, digest: str) -> Blob:
 def require_stored(session: Session, files: Sequence[FileEntry]) -> None:
     """Every file must be a stored, verified blob of the declared size."""
     digests = {f.digest for f in files}
-    rows = session.execute(select(Blob.digest, Blob.size).where(Blob.digest.in_(digests)))
+    # FOR SHARE: garbage collection cannot delete these rows until this push commits.
+    rows = session.execute(select(Blob.digest, Blob.size).where(Blob.digest.in_(digests))
+                           .with_for_update(read=True))
     sizes: dict[str, int] = {row.digest: row.size for row in rows}
     absent = sorted(d for d in digests if d not in sizes)
     if absent:
