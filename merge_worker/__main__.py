@@ -14,6 +14,7 @@ from merge_worker.worker import Worker, default_worker_id
 from registry.blobs import open_blob_store
 from registry.config import get_settings
 from registry.db import make_engine, make_session_factory
+from registry.observability import configure_logging
 
 
 def start_workers(count: int, stopping: threading.Event) -> list[threading.Thread]:
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m merge_worker")
     parser.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(get_settings().log_format)
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -28,6 +28,7 @@ from registry.blobs import BlobStore
 from registry.config import Settings
 from registry.db import transaction
 from registry.errors import BadRequest, Conflict, NotFound, RegistryError
+from registry.observability import request_id_var
 from registry.services import jobs, rollouts, webhooks
 
 log = logging.getLogger("lorareg.worker")
@@ -153,8 +154,13 @@ class Worker:
             if job is None:
                 return False
             job_id, kind, payload = job.id, job.kind, dict(job.payload)
-        log.info("worker %s: running job %s (%s)", self.worker_id, job_id, kind)
-        self._execute(job_id, kind, JobContext(self, job_id, payload))
+            request_id = job.request_id
+        token = request_id_var.set(request_id)  # logs of the job carry the request's id
+        try:
+            log.info("worker %s: running job %s (%s)", self.worker_id, job_id, kind)
+            self._execute(job_id, kind, JobContext(self, job_id, payload))
+        finally:
+            request_id_var.reset(token)
         return True
 
     def _execute(self, job_id: int, kind: str, ctx: JobContext) -> None:

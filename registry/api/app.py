@@ -13,10 +13,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from registry import __version__
 from registry.api import problems
 from registry.api.deps import State
-from registry.api.routes import adapters, admin, bases, blobs, channels, jobs, resolve
+from registry.api.routes import (
+    adapters,
+    admin,
+    bases,
+    blobs,
+    channels,
+    jobs,
+    ops,
+    resolve,
+)
 from registry.blobs import BlobStore, open_blob_store
 from registry.config import Settings, get_settings
 from registry.db import make_engine, make_session_factory
+from registry.observability import RequestObserver, configure_logging
 
 log = logging.getLogger("lorareg.api")
 
@@ -84,8 +94,9 @@ def create_app(
                   description="Registry and lifecycle service for LoRA adapters")
     app.state.lorareg = state
     problems.install(app)
-    for module in (admin, adapters, bases, blobs, channels, jobs, resolve):
+    for module in (admin, adapters, bases, blobs, channels, jobs, ops, resolve):
         app.include_router(module.router)
+    app.add_middleware(RequestObserver, metrics=state.metrics)
     app.add_middleware(BodyLimit, json_limit=settings.max_json_body,
                        blob_limit=settings.max_blob_size)
     return app
@@ -98,6 +109,7 @@ def factory() -> Any:
     exposed and requires tokens; ``lorareg serve`` knows its address and may run without.
     """
     settings = get_settings()
+    configure_logging(settings.log_format)
     settings.check_production(EXPOSED)
     return create_app(settings, host=EXPOSED)
 

@@ -17,6 +17,7 @@ from registry.blobs import BlobStore
 from registry.config import Settings
 from registry.db import transaction
 from registry.errors import PermissionDenied, Unauthenticated
+from registry.observability import Metrics, request_id_var
 from registry.services import tokens
 from registry.services.context import Actor
 from registry.services.resolve import ResolveCache
@@ -61,10 +62,12 @@ class State:
     store: BlobStore
     auth_required: bool
     resolve: ResolveCache = field(init=False)
+    metrics: Metrics = field(init=False)
     tokens: TokenCache = field(default_factory=TokenCache)
 
     def __post_init__(self) -> None:
         self.resolve = ResolveCache(self.sessions)
+        self.metrics = Metrics(self.sessions)
 
 
 @dataclass
@@ -117,7 +120,7 @@ def _bearer(request: Request) -> str | None:
 
 
 def get_ctx(request: Request, state: Annotated[State, Depends(get_state)]) -> Ctx:
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = request_id_var.get() or uuid.uuid4().hex
     request.state.request_id = request_id
     token = _bearer(request)
     if token is None:

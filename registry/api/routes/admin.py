@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from registry import __version__
@@ -36,6 +37,13 @@ def readyz(state: StateDep) -> dict[str, str]:
         raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
     state.store.check()
     return {"status": "ready"}
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(state: StateDep) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    body = generate_latest(state.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/v1/version")

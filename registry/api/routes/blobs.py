@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
@@ -17,6 +19,13 @@ from registry.services import blobs
 router = APIRouter(prefix="/api/v1/blobs", tags=["blobs"])
 # Content-addressed: a digest names the same bytes forever.
 IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def _counted(ctx: CtxDep, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    counter = ctx.state.metrics.bytes.labels("out")
+    for chunk in chunks:
+        counter.inc(len(chunk))
+        yield chunk
 
 
 @router.post("/missing", response_model=s.MissingOut)
@@ -54,6 +63,7 @@ async def upload(digest: str, request: Request, ctx: CtxDep, response: Response)
         lambda: ctx.store.put(reader, digest=digest, size=size))
     with ctx.tx() as session:
         blobs.record(session, info)
+    ctx.state.metrics.bytes.labels("in").inc(info.size)
     return s.BlobOut(digest=info.digest, size=info.size)
 
 
@@ -80,5 +90,5 @@ def download(digest: str, request: Request, ctx: CtxDep) -> Response:
         return Response(status_code=304, headers={"ETag": headers["ETag"]})
     if request.method == "HEAD":
         return Response(status_code=code, headers=headers)
-    return StreamingResponse(ctx.store.open(digest, start, end), status_code=code,
+    return StreamingResponse(_counted(ctx, ctx.store.open(digest, start, end)), status_code=code,
                              headers=headers, media_type="application/octet-stream")

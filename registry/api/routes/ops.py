@@ -1,0 +1,160 @@
+"""Webhook subscriptions and deliveries, garbage collection and retention (admin)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from registry.api import schemas as s
+from registry.api.deps import CtxDep
+from registry.models import Webhook, WebhookDelivery
+from registry.refs import check_namespace
+from registry.services import adapters, audit, gc, webhooks
+
+router = APIRouter(prefix="/api/v1", tags=["operations"])
+
+
+class WebhookIn(s.In):
+    url: str = Field(max_length=2048)
+    events: list[str] = Field(min_length=1, max_length=len(webhooks.EVENT_TYPES))
+    secret: str | None = Field(None, max_length=128)
+    allow_private: bool = False
+
+
+class WebhookOut(BaseModel):
+    id: int
+    namespace: str
+    url: str
+    events: list[str]
+    active: bool
+    allow_private: bool
+    created_by: str
+    created_at: datetime
+    secret: str | None = None
+
+    @classmethod
+    def of(cls, h: Webhook, with_secret: bool = False) -> WebhookOut:
+        return cls(id=h.id, namespace=h.namespace, url=h.url, events=h.event_types,
+                   active=h.active, allow_private=h.allow_private, created_by=h.created_by,
+                   created_at=h.created_at, secret=h.secret if with_secret else None)
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    webhook_id: int
+    event_id: int
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+
+    @classmethod
+    def of(cls, d: WebhookDelivery) -> DeliveryOut:
+        return cls.model_validate(d, from_attributes=True)
+
+
+class GcIn(s.In):
+    grace_seconds: int = Field(86400, ge=0)
+    dry_run: bool = True
+
+
+class RetentionIn(s.In):
+    dry_run: bool = True
+
+
+class KeepLastIn(s.In):
+    keep_last: int | None = Field(None, ge=1, le=100000)
+
+
+@router.post("/namespaces/{ns}/webhooks", response_model=WebhookOut, status_code=201)
+def add_webhook(ns: str, body: WebhookIn, ctx: CtxDep) -> WebhookOut:
+    """Subscribe a URL; the response holds the signing secret (shown once)."""
+    check_namespace(ns)
+    ctx.require("admin", ns)
+    with ctx.tx() as session:
+        hook = webhooks.create(session, ns, body.url, body.events, created_by=ctx.actor.name,
+                               allow_private=body.allow_private, secret=body.secret)
+        audit.record(session, ctx.actor, "webhook.created", "webhook", str(hook.id),
+                     namespace=ns, payload={"url": body.url, "events": body.events})
+        return WebhookOut.of(hook, with_secret=True)
+
+
+@router.get("/namespaces/{ns}/webhooks", response_model=list[WebhookOut])
+def list_webhooks(ns: str, ctx: CtxDep) -> list[WebhookOut]:
+    ctx.require("admin", ns)
+    with ctx.tx() as session:
+        rows = session.scalars(select(Webhook).where(Webhook.namespace == ns)
+                               .order_by(Webhook.id))
+        return [WebhookOut.of(h) for h in rows]
+
+
+@router.delete("/webhooks/{webhook_id}", status_code=204)
+def remove_webhook(webhook_id: int, ctx: CtxDep) -> Response:
+    with ctx.tx() as session:
+        hook = webhooks.get(session, webhook_id)
+        ctx.require("admin", hook.namespace)
+        hook.active = False  # deliveries stay inspectable; nothing new is queued
+        audit.record(session, ctx.actor, "webhook.removed", "webhook", str(hook.id),
+                     namespace=hook.namespace)
+    return Response(status_code=204)
+
+
+@router.post("/webhooks/{webhook_id}/test", status_code=202)
+def test_webhook(webhook_id: int, ctx: CtxDep) -> dict[str, int]:
+    """Queue a signed ``ping`` event for this subscription."""
+    with ctx.tx() as session:
+        hook = webhooks.get(session, webhook_id)
+        ctx.require("admin", hook.namespace)
+        return {"event_id": webhooks.ping(session, hook).id}
+
+
+@router.get("/webhooks/{webhook_id}/deliveries", response_model=list[DeliveryOut])
+def list_deliveries(webhook_id: int, ctx: CtxDep,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[DeliveryOut]:
+    with ctx.tx() as session:
+        hook = webhooks.get(session, webhook_id)
+        ctx.require("admin", hook.namespace)
+        return [DeliveryOut.of(d) for d in webhooks.deliveries(session, hook, limit)]
+
+
+@router.post("/deliveries/{delivery_id}/redeliver", response_model=DeliveryOut)
+def redeliver(delivery_id: int, ctx: CtxDep) -> DeliveryOut:
+    with ctx.tx() as session:
+        row = webhooks.redeliver(session, delivery_id)
+        ctx.require("admin", webhooks.get(session, row.webhook_id).namespace)
+        return DeliveryOut.of(row)
+
+
+@router.post("/gc")
+def collect_garbage(body: GcIn, ctx: CtxDep) -> dict[str, object]:
+    """Delete unreferenced blobs older than the grace period (dry run by default)."""
+    ctx.require_global("admin")
+    report = gc.collect(ctx.state.sessions, ctx.store, ctx.actor,
+                        grace=timedelta(seconds=body.grace_seconds), dry_run=body.dry_run)
+    return report.__dict__
+
+
+@router.post("/retention")
+def retention(body: RetentionIn, ctx: CtxDep) -> dict[str, object]:
+    """Yank versions beyond each adapter's keep_last (dry run by default)."""
+    ctx.require_global("admin")
+    with ctx.tx() as session:
+        return gc.apply_retention(session, ctx.actor, dry_run=body.dry_run).__dict__
+
+
+@router.put("/adapters/{ns}/{name}/retention", response_model=s.AdapterOut)
+def set_retention(ns: str, name: str, body: KeepLastIn, ctx: CtxDep) -> s.AdapterOut:
+    """Keep the newest N versions (plus any a channel points at); null turns it off."""
+    ctx.require("admin", ns)
+    with ctx.tx() as session:
+        adapter = adapters.get_adapter(session, f"{ns}/{name}", for_update=True)
+        adapter.keep_last = body.keep_last
+        audit.record(session, ctx.actor, "adapter.retention", "adapter", f"{ns}/{name}",
+                     namespace=ns, payload={"keep_last": body.keep_last})
+        return s.AdapterOut.of(adapter)
