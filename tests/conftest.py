@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.models",
     "tests.fixtures.server",
+    "tests.fixtures.api",
 ]
 
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"

@@ -3,55 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
-from registry.api.app import create_app
-from registry.blobs import LocalBlobStore
-from registry.config import Settings
-from registry.db import make_engine, make_session_factory, transaction
+from registry.db import make_session_factory, transaction
 from registry.models import AdapterVersion, AuditEvent, utcnow
 from registry.services import tokens
-from registry.services.context import Actor
 from tests.fixtures.adapters import adapter_files
-
-
-@dataclass
-class Api:
-    client: TestClient
-    engine: Any
-    admin: str
-
-    def token(self, role: str, namespace: str | None = None, **kw: Any) -> str:
-        with transaction(make_session_factory(self.engine)) as session:
-            _, plaintext = tokens.create_token(session, Actor("t"), name=f"{role}-{namespace}",
-                                               role=role, namespace=namespace, **kw)
-        return plaintext
-
-    def count(self, model: Any) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.scalar(select(func.count()).select_from(model)) or 0)
-
-
-@pytest.fixture
-def api(fresh_db_url: str, tmp_path: Path) -> Iterator[Api]:
-    settings = Settings(mode="production", database_url=fresh_db_url,
-                        blob_url=f"file://{tmp_path / 'blobs'}", max_json_body=64 * 1024,
-                        max_blob_size=1024 * 1024)
-    engine = make_engine(fresh_db_url)
-    app = create_app(settings, engine=engine, store=LocalBlobStore(tmp_path / "blobs"),
-                     host="0.0.0.0")
-    client = TestClient(app, raise_server_exceptions=False)
-    api = Api(client, engine, "")
-    api.admin = api.token("admin")
-    yield api
-    engine.dispose()
+from tests.fixtures.api import Api
 
 
 def h(token: str) -> dict[str, str]:

@@ -6,7 +6,8 @@ import json
 import logging
 
 from registry.observability import JsonFormatter, request_id_var
-from tests.registry.test_api import Api, api, h, push  # noqa: F401 - the api fixture
+from tests.fixtures.api import Api
+from tests.registry.test_api import h, push
 
 
 def test_metrics_exposition_covers_requests_bytes_jobs_rollouts_webhooks(api: Api) -> None:
