@@ -184,9 +184,9 @@ class Worker:
         except JobStopped:
             return "stopped", None
         except PERMANENT as exc:
-            return "permanent", exc.detail
+            return "permanent", exc
         except RegistryError as exc:
-            return "transient", exc.detail
+            return "transient", exc
         except Exception as exc:
             log.exception("job %s crashed", ctx.job_id)
             return "transient", f"{type(exc).__name__}: {exc}"
@@ -202,7 +202,9 @@ class Worker:
                 elif status == "stopped":
                     jobs.release(session, job_id, self.worker_id)
                 else:
-                    jobs.fail(session, job_id, self.worker_id, str(value),
+                    code = value.code if isinstance(value, RegistryError) else "internal"
+                    detail = value.detail if isinstance(value, RegistryError) else str(value)
+                    jobs.fail(session, job_id, self.worker_id, detail, error_code=code,
                               retry=status == "transient")
         except Conflict:
             log.warning("job %s: lease lost before its outcome was recorded", job_id)

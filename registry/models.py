@@ -151,6 +151,7 @@ class AdapterVersion(Base):
     __table_args__ = (
         UniqueConstraint("adapter_id", "number"),
         UniqueConstraint("adapter_id", "manifest_digest", "base_hub_id", "base_revision"),
+        UniqueConstraint("adapter_id", "idempotency_key"),
         Index("ix_adapter_versions_base", "base_hub_id", "base_revision"),
     )
 
@@ -173,6 +174,8 @@ class AdapterVersion(Base):
     yank_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     yanked_at: Mapped[opt_timestamp]
     total_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    # A pipeline's retry token: the same key returns the same version (see push_version).
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[timestamp]
 
     adapter: Mapped[Adapter] = relationship(lazy="joined")
@@ -287,6 +290,8 @@ class Job(Base):
     progress_message: Mapped[str] = mapped_column(Text, default="")
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # registry.errors code of the failure (e.g. incompatible_base), for exit codes.
+    error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_by: Mapped[str] = mapped_column(String(128), default="")
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[timestamp]

@@ -100,6 +100,7 @@ class VersionIn(In):
     labels: dict[str, str] = Field(default_factory=dict)
     provenance: ProvenanceIn = Field(default_factory=ProvenanceIn)
     description: str | None = Field(None, max_length=4096)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=128)
 
 
 class YankIn(In):
@@ -280,6 +281,7 @@ class JobOut(BaseModel):
     progress_message: str
     result: dict[str, Any] | None
     error: str | None
+    error_code: str | None
     worker_id: str | None
     cancel_requested: bool
     created_by: str
@@ -293,6 +295,7 @@ class JobOut(BaseModel):
                    namespace=j.namespace, payload=j.payload, attempts=j.attempts,
                    max_attempts=j.max_attempts, progress=j.progress,
                    progress_message=j.progress_message, result=j.result, error=j.error,
+                   error_code=j.error_code,
                    worker_id=j.worker_id, cancel_requested=j.cancel_requested,
                    created_by=j.created_by, created_at=j.created_at, started_at=j.started_at,
                    finished_at=j.finished_at)

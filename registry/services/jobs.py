@@ -158,18 +158,21 @@ def complete(session: Session, job_id: int, worker_id: str, result: dict[str, An
 
 
 def fail(
-    session: Session, job_id: int, worker_id: str, error: str, *, retry: bool
+    session: Session, job_id: int, worker_id: str, error: str, *, retry: bool,
+    error_code: str | None = None,
 ) -> Job:
     """Record a failure: back to ``queued`` after a backoff if ``retry`` and attempts remain,
     else ``failed``."""
     job = _held(session, job_id, worker_id)
     now = db_now(session)
+    job.error_code = error_code
     if retry and job.attempts < job.max_attempts:
         delay = min(BACKOFF_BASE * 2 ** (job.attempts - 1), BACKOFF_MAX)
         job.status, job.run_after, job.error = "queued", now + delay, error
         job.worker_id = job.lease_expires_at = None
         return job
     _finish(job, "failed", now, error=error)
+    job.error_code = error_code
     _audit_end(session, job)
     return job
 

@@ -50,6 +50,7 @@ class PushRequest:
     labels: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     description: str | None = None
+    idempotency_key: str | None = None
 
 
 @dataclass
@@ -93,6 +94,9 @@ def push_version(
     )
 
     adapter = adapters.ensure_adapter(session, actor, req.adapter, description=req.description)
+    keyed = _by_idempotency_key(session, adapter.id, req, digest)
+    if keyed is not None:
+        return PushResult(keyed, created=False)
     existing = session.scalar(select(AdapterVersion).where(
         AdapterVersion.adapter_id == adapter.id,
         AdapterVersion.manifest_digest == digest,
@@ -111,6 +115,7 @@ def push_version(
         compat_status=compat, provenance=provenance, pushed_by=actor.name,
         total_size=sum(f.size for f in files),
         files=[VersionFile(path=f.path, digest=f.digest, size=f.size) for f in files],
+        idempotency_key=req.idempotency_key,
         labels=[VersionLabel(key=k, value=v) for k, v in sorted(labels.items())],
     )
     session.add(version)
@@ -123,6 +128,27 @@ def push_version(
                  "compat_status": compat, "provenance": provenance},
     )
     return PushResult(version, created=True)
+
+
+def _by_idempotency_key(session: Session, adapter_id: int, req: PushRequest, digest: str
+                        ) -> AdapterVersion | None:
+    """The version an earlier push with the same key created; Conflict if that push had
+    other content (a key names one push, whatever is retried under it)."""
+    if req.idempotency_key is None:
+        return None
+    if not 1 <= len(req.idempotency_key) <= 128 or not req.idempotency_key.isprintable():
+        raise BadRequest("an idempotency key is 1..128 printable characters")
+    version = session.scalar(select(AdapterVersion).where(
+        AdapterVersion.adapter_id == adapter_id,
+        AdapterVersion.idempotency_key == req.idempotency_key))
+    if version is None:
+        return None
+    same = (version.manifest_digest, version.base_hub_id, version.base_revision) == (
+        digest, req.base_hub_id, req.base_revision)
+    if not same:
+        raise Conflict(f"idempotency key {req.idempotency_key!r} was used for "
+                       f"{req.adapter}@{version.number} with other content")
+    return version
 
 
 def get_version(session: Session, ref: Ref) -> AdapterVersion:

@@ -116,6 +116,7 @@ def test_base_with_other_weights_fails_with_both_fingerprints(
     assert env.worker().run_once()
     job = env.job(job_id)
     assert job.status == "failed" and job.attempts == 1
+    assert job.error_code == "incompatible_base"
     assert "fingerprint" in (job.error or "") and name in (job.error or "")
     with env.engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(MergedArtifact)) == 0

@@ -287,3 +287,15 @@ def test_metrics_are_appended_never_rewritten(session: Session, local_store: Blo
         metrics.log_metrics(session, ACTOR, v, [MetricInput("acc", float("inf"))])
     assert len(metrics.history(session, v)) == 2
 
+
+
+def test_idempotency_key(session: Session, local_store: BlobStore) -> None:
+    first = push(session, local_store, adapter_files(seed=1), idempotency_key="run-42/push")
+    again = push(session, local_store, adapter_files(seed=1), idempotency_key="run-42/push")
+    assert first.created and not again.created and again.version.id == first.version.id
+    before = counts(session)
+    with pytest.raises(Conflict, match="other content"):
+        push(session, local_store, adapter_files(seed=2), idempotency_key="run-42/push")
+    assert counts(session) == before
+    other = push(session, local_store, adapter_files(seed=2), idempotency_key="run-43/push")
+    assert other.created and other.version.number == 2

@@ -160,7 +160,7 @@ def push_version(
         base_hub_id=body.base.hub_id, base_revision=body.base.revision,
         metrics=[MetricInput(m.key, m.value, m.dataset, m.split) for m in body.metrics],
         labels=body.labels, provenance=body.provenance.model_dump(exclude_none=True),
-        description=body.description,
+        description=body.description, idempotency_key=body.idempotency_key,
     )
     with ctx.tx() as session:
         result = versions.push_version(session, ctx.store, ctx.actor, req)
