@@ -39,20 +39,24 @@ never takes its fp16/bf16-on-CPU cast branch. With ``W`` the base tensor in its 
 
 Every output tensor must be finite (else :class:`~registry.errors.ValidationFailed` naming it).
 
-Faster, same bits: for plain linear/Conv1D modules, ``B @ A``, ``* s`` and the add run by blocks
-of rows of ``B @ A`` (each element's dot product over r is the same), in reused buffers
-(``matmul(out=)``, ``mul_``), and the mixed-dtype ``W += delta`` is done as ``wide.copy_(W);
-wide += delta; W.copy_(wide)`` (the same float32 sum and single rounding, without torch's slow
-mixed-dtype kernel). Torch runs single-threaded meanwhile: the writer thread has the other core,
-and small ops scale badly across threads.
+Faster, same bits (:mod:`merge_worker.lora_math`): for plain linear/Conv1D modules ``B @ A``,
+``* s`` and the add run by cache-sized blocks of rows of ``B @ A`` (row blocks of a matmul give
+every element the same dot product over r; tests and the benchmark check it against PEFT), in
+reused buffers (``matmul(out=)``, ``mul_``), and the mixed-dtype ``W += delta`` is done as
+``wide.copy_(W); wide += delta; W.copy_(wide)`` (the same float32 sum and single rounding,
+without torch's slow mixed-dtype kernel). Torch runs single-threaded during a merge: the writer
+thread needs the other core, and small ops scale badly across threads.
 
-Streaming: merged tensors keep name, dtype and shape, so each output shard has the base shard's
-exact header and tensor offsets. The header is copied, then tensors are written in offset order
-by a writer thread (overlapping disk writes with the maths) from two reusable slots: memory stays
-near two tensors plus float32 scratch for one, and the adapter. Shard file names, the
-tensor->file map and the index are kept; every other non-weight file is copied. Everything is
-written into a hidden sibling folder renamed to ``out_dir`` at the end, so ``out_dir`` is never
-half-written (an existing non-empty ``out_dir`` is refused).
+Streaming (:mod:`merge_worker.shards`): merged tensors keep name, dtype and shape, so each output
+shard has the base shard's exact header and tensor offsets. The header is copied, then tensors
+are written in offset order by a writer thread (overlapping disk writes with the maths). Base
+tensors are read through a memory map and dropped from memory once used; merged tensors go
+through two reusable buffers; untouched tensors are checked in 16 MiB pieces and copied by the
+kernel (``copy_file_range``). Memory stays near two tensors plus the adapter (plus float32 scratch
+of one tensor for embeddings and DoRA). Shard file names, the tensor->file map and the index are
+kept; every other non-weight file is copied. Everything is written into a hidden sibling folder
+renamed to ``out_dir`` at the end, so ``out_dir`` is never half-written (an existing non-empty
+``out_dir`` is refused). Nothing is fsynced: the caller uploads or fingerprints the result.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -72,6 +77,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from merge_worker.lora_math import Merger
 from merge_worker.shards import (
     DTYPES,
     Entry,
@@ -86,7 +92,6 @@ from registry.compat import ensure_compatible_shapes, unmergeable_targets
 from registry.errors import Conflict, IncompatibleBase, InvalidAdapter, ValidationFailed
 from registry.lora_layout import (
     AdapterLayout,
-    LoraModule,
     analyze_adapter,
     parse_lora_config,
     unsupported_features,
@@ -100,7 +105,6 @@ SINGLE_NAME = "model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 COPY_CHUNK = 16 << 20  # untouched tensors are copied (and checked) in pieces of this size
-BLOCK_ELEMENTS = 1 << 18  # rows of B @ A handled at once: 1 MiB of float32, cache-sized
 WRITE_SLOTS = 2
 # Weights in other formats would be stale (unmerged) copies: never carried over.
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json",
@@ -144,8 +148,8 @@ def merge_adapter(
     (see the module docstring for the exact spec)."""
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     plan = _prepare(base_dir, adapter_dir, out_dir)
-    merger = _Merger(plan.layout, load_file(adapter_dir / ADAPTER_WEIGHTS))
-    with _staging(out_dir) as tmp, _single_threaded():
+    merger = Merger(plan.layout, load_file(adapter_dir / ADAPTER_WEIGHTS))
+    with _staging(out_dir) as tmp, _torch_threads.single():
         _write_shards(plan, merger, tmp, _Progress(plan, progress, should_cancel))
         _copy_other_files(base_dir, tmp, {s.name for s in plan.shards})
         if plan.index is not None:
@@ -209,7 +213,10 @@ def _refuse_quantized_config(base_dir: Path) -> None:
 def _read_base(base_dir: Path) -> tuple[tuple[Shard, ...], dict[str, Any] | None]:
     index_path = base_dir / INDEX_NAME
     if index_path.is_file():
-        index = json.loads(index_path.read_text())
+        try:
+            index = json.loads(index_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IncompatibleBase(f"{INDEX_NAME} is not valid JSON: {exc}") from exc
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise IncompatibleBase(f"{INDEX_NAME} has no weight_map")
@@ -234,146 +241,35 @@ def _check_index(weight_map: Mapping[str, Any], shards: tuple[Shard, ...]) -> No
         raise IncompatibleBase(f"{INDEX_NAME} does not match the tensors in its shards")
 
 
-# --- the tensor maths ----------------------------------------------------------------------
-
-
-class _Merger:
-    """Builds each output tensor exactly as PEFT's load + merge_and_unload would."""
-
-    def __init__(self, layout: AdapterLayout, adapter: Mapping[str, torch.Tensor]) -> None:
-        self.adapter = adapter
-        self.weights = {m.base_weight: m for m in layout.modules}
-        self.biases = {m.base_bias: m for m in layout.modules if m.bias_key}
-        self.replacements = {r.base_name: r.key for r in layout.replacements}
-        self.scratch = _Scratch()
-        self.merged = 0
-        self.replaced = 0
-
-    def touches(self, name: str) -> bool:
-        return name in self.weights or name in self.biases or name in self.replacements
-
-    def build(self, name: str, base: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
-        """The output tensor ``name``: from ``base`` (a read-only view of the base tensor, None
-        when the adapter replaces it), written into ``out`` (a free buffer of its dtype and
-        shape) where possible."""
-        if name in self.replacements:
-            base = self.adapter[self.replacements[name]].to(out.dtype)
-            self.replaced += 1
-        assert base is not None
-        module = self.weights.get(name)
-        if module is not None and module.magnitude_key is None and module.kind != "embedding":
-            a, b = self._factor(module.a_key, out), self._factor(module.b_key, out)
-            _add_lora(base, out, a, b, module.scaling, module.kind == "conv1d", self.scratch)
-            weight = out
-        else:
-            weight = out.copy_(base)
-            if module is not None:
-                weight = self._merge_weight(weight, module)
-        self.merged += module is not None
-        if name in self.biases:
-            bias_module = self.biases[name]
-            weight += self._factor(bias_module.bias_key, weight) * bias_module.scaling
-            self.merged += 1
-        return weight
-
-    def _factor(self, key: str | None, weight: torch.Tensor) -> torch.Tensor:
-        assert key is not None
-        compute = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        return self.adapter[key].to(compute)
-
-    def _merge_weight(self, weight: torch.Tensor, m: LoraModule) -> torch.Tensor:
-        """Embeddings and DoRA, literally as PEFT's Embedding.merge / Dora*Variant.merge_unsafe."""
-        a, b = self._factor(m.a_key, weight), self._factor(m.b_key, weight)
-        embedding = m.kind == "embedding"
-        fifo = m.kind == "conv1d"
-        product = self.scratch.get(0, a.dtype, (b.shape[0], a.shape[1]))
-        torch.matmul(b, a, out=product)  # lora_B @ lora_A
-        product.mul_(m.scaling)  # "transpose(...) * scaling": the same values, in place
-        delta = _transpose(product, embedding or fifo)
-        if m.magnitude_key is not None:
-            magnitude = self._factor(m.magnitude_key, weight)
-            if embedding:
-                return _dora_embedding(weight, delta, magnitude)
-            return _dora_linear(weight, delta, magnitude, fifo)
-        weight += delta.to(weight.dtype)  # Embedding.merge rounds the delta first
-        return weight
-
-
-def _add_lora(base: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-              scaling: float, fifo: bool, scratch: _Scratch) -> None:
-    """Linear.merge's ``weight += transpose(B @ A, fifo) * scaling`` from ``base`` into ``out``,
-    by blocks of rows of ``B @ A`` that stay in cache. Every element gets exactly PEFT's
-    operations: its own dot product over r (row blocks of a matmul compute the same values),
-    the float32 product with ``scaling``, the float32 sum with the weight and one rounding to
-    the weight's dtype."""
-    rows = max(1, BLOCK_ELEMENTS // a.shape[1])
-    for start in range(0, b.shape[0], rows):
-        b_rows = b[start:start + rows]
-        product = scratch.get(0, a.dtype, (b_rows.shape[0], a.shape[1]))
-        torch.matmul(b_rows, a, out=product)
-        product.mul_(scaling)
-        block = slice(start, start + rows)
-        source, target = (base[:, block], out[:, block]) if fifo else (base[block], out[block])
-        delta = _transpose(product, fifo)
-        if target.dtype == delta.dtype:
-            torch.add(source, delta, out=target)
-        else:  # torch's mixed-dtype "weight += delta", without its slow kernel
-            wide = scratch.get(1, delta.dtype, tuple(target.shape))
-            wide.copy_(source)
-            wide += delta
-            target.copy_(wide)
-
-
-class _Scratch:
-    """Float buffers reused across tensors: no allocation (and page faults) per tensor."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple[int, torch.dtype], torch.Tensor] = {}
-
-    def get(self, slot: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-        numel = math.prod(shape)
-        buffer = self._buffers.get((slot, dtype))
-        if buffer is None or buffer.numel() < numel:
-            buffer = self._buffers[(slot, dtype)] = torch.empty(numel, dtype=dtype)
-        return buffer[:numel].view(shape)
-
-
-def _transpose(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
-    return weight.T if fan_in_fan_out else weight
-
-
-def _weight_norm(weight: torch.Tensor, lora_weight: torch.Tensor, fifo: bool) -> torch.Tensor:
-    # DoraLinearLayer.get_weight_norm with scaling=1
-    weight = _transpose(weight, fifo)
-    weight = weight + 1 * lora_weight
-    norm: torch.Tensor = torch.linalg.norm(weight, dim=1)
-    return norm.to(weight.dtype)
-
-
-def _dora_linear(w: torch.Tensor, delta: torch.Tensor, mag: torch.Tensor,
-                 fifo: bool) -> torch.Tensor:
-    weight_norm = _weight_norm(w, _transpose(delta, fifo), fifo)
-    dora_factor = _transpose((mag / weight_norm).view(-1, 1), fifo)
-    return (dora_factor * (w + delta)).to(w.dtype)
-
-
-def _dora_embedding(w: torch.Tensor, delta: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
-    weight_norm = _weight_norm(w, delta.T, True)
-    dora_factor = (mag / weight_norm).view(1, -1)
-    return (dora_factor * (w + delta)).to(w.dtype)
-
-
 # --- output --------------------------------------------------------------------------------
 
 
-@contextmanager
-def _single_threaded() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+class _TorchThreads:
+    """Torch runs single-threaded while any merge runs (merges may share a process), and gets
+    its previous thread count back after the last one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = 1
+
+    @contextmanager
+    def single(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._saved = torch.get_num_threads()
+                torch.set_num_threads(1)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    torch.set_num_threads(self._saved)
+
+
+_torch_threads = _TorchThreads()
 
 
 @contextmanager
@@ -407,7 +303,7 @@ class _Progress:
         self.done += entry.nbytes
 
 
-def _write_shards(plan: _Plan, merger: _Merger, tmp: Path, progress: _Progress) -> None:
+def _write_shards(plan: _Plan, merger: Merger, tmp: Path, progress: _Progress) -> None:
     outputs: list[int] = []
     readers: list[ShardReader] = []
     try:
@@ -425,12 +321,12 @@ def _write_shards(plan: _Plan, merger: _Merger, tmp: Path, progress: _Progress) 
             reader.close()
 
 
-def _slot_bytes(plan: _Plan, merger: _Merger) -> int:
+def _slot_bytes(plan: _Plan, merger: Merger) -> int:
     touched = [e.nbytes for s in plan.shards for e in s.entries if merger.touches(e.name)]
     return max(touched, default=0)
 
 
-def _write_shard(reader: ShardReader, dst: int, merger: _Merger, writer: Writer,
+def _write_shard(reader: ShardReader, dst: int, merger: Merger, writer: Writer,
                  progress: _Progress) -> None:
     shard = reader.shard
     writer.submit(writer.slot(), functools.partial(write_all_at, dst, memoryview(shard.header), 0))
@@ -442,7 +338,7 @@ def _write_shard(reader: ShardReader, dst: int, merger: _Merger, writer: Writer,
             _copy_checked(reader, dst, entry, writer)
 
 
-def _write_merged(reader: ShardReader, dst: int, entry: Entry, merger: _Merger,
+def _write_merged(reader: ShardReader, dst: int, entry: Entry, merger: Merger,
                   writer: Writer) -> None:
     slot = writer.slot()
     out = slot[:entry.nbytes].view(DTYPES[entry.dtype]).view(entry.shape)
@@ -463,7 +359,7 @@ def _copy_checked(reader: ShardReader, dst: int, entry: Entry, writer: Writer) -
 
 
 def _copy_piece(reader: ShardReader, dst: int, start: int, end: int) -> None:
-    write_all_at(dst, reader.view(start, end), start)
+    reader.copy_to(dst, start, end)
     reader.release(start, end)
 
 

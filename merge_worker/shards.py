@@ -112,10 +112,10 @@ class ShardReader:
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
-        with shard.path.open("rb") as f:
-            # ACCESS_COPY: a private mapping is writable as far as Python's buffer protocol is
-            # concerned (torch.frombuffer wants that), yet reads share the page cache.
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        self._fd = os.open(shard.path, os.O_RDONLY)
+        # ACCESS_COPY: a private mapping is writable as far as Python's buffer protocol is
+        # concerned (torch.frombuffer wants that), yet reads share the page cache.
+        self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
 
     def tensor(self, entry: Entry) -> torch.Tensor:
         dtype = DTYPES[entry.dtype]
@@ -127,8 +127,18 @@ class ShardReader:
             raw = raw.clone()  # an unaligned tensor cannot be viewed as its dtype in place
         return raw.view(dtype).view(entry.shape)
 
-    def view(self, start: int, end: int) -> memoryview:
-        return memoryview(self._map)[start:end]
+    def copy_to(self, dst: int, start: int, end: int) -> None:
+        """Copy ``[start, end)`` to the same offsets of ``dst``, inside the kernel if it can."""
+        try:
+            while start < end:
+                count = os.copy_file_range(self._fd, dst, end - start, start, start)
+                if count <= 0:
+                    break
+                start += count
+        except OSError:  # e.g. EXDEV or a file system without copy_file_range
+            pass
+        if start < end:
+            write_all_at(dst, memoryview(self._map)[start:end], start)
 
     def release(self, start: int, end: int) -> None:
         """Drop ``[start, end)`` from this process's memory; a later read re-reads the file."""
@@ -139,6 +149,7 @@ class ShardReader:
     def close(self) -> None:
         with contextlib.suppress(BufferError):  # a view is still alive; unmapped when collected
             self._map.close()
+        os.close(self._fd)
 
 
 def bytes_of(tensor: torch.Tensor) -> memoryview:

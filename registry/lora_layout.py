@@ -336,18 +336,11 @@ def _opt_str(config: Mapping[str, Any], name: str, problems: list[str]) -> str |
 # --- tensors ------------------------------------------------------------------------------
 
 
-@dataclass
-class _Parts:
-    """The tensors found for one module, keyed by role (a, b, bias, emb_a, emb_b, magnitude)."""
-
-    keys: dict[str, str] = field(default_factory=dict)
-
-
 def analyze_adapter(config: LoraConfigInfo, tensors: Mapping[str, TensorInfo]) -> AdapterLayout:
     """Map every adapter tensor to the base tensor it changes; raise InvalidAdapter listing
     every problem (unpaired factors, rank or shape disagreements, unknown keys)."""
     problems: list[str] = []
-    parts: dict[str, _Parts] = {}
+    parts: dict[str, dict[str, str]] = {}  # module -> role (a, b, bias, emb_a, ...) -> key
     others: list[str] = []
     for key in tensors:
         match = _LORA_KEY.match(_strip_prefix(key))
@@ -358,13 +351,13 @@ def analyze_adapter(config: LoraConfigInfo, tensors: Mapping[str, TensorInfo]) -
         if role is None:
             problems.append(f"unknown key {key!r}")
             continue
-        found = parts.setdefault(match["module"], _Parts()).keys
+        found = parts.setdefault(match["module"], {})
         if role in found:
             problems.append(f"duplicate {role} tensors for {match['module']!r}: {found[role]!r}, "
                             f"{key!r}")
         found[role] = key
     modules = [m for name in sorted(parts)
-               if (m := _build_module(config, name, parts[name].keys, tensors, problems))]
+               if (m := _build_module(config, name, parts[name], tensors, problems))]
     replacements = _replacements(config, others, {m.name for m in modules}, tensors, problems)
     if not modules and not problems:
         problems.append("no LoRA tensors (lora_A/lora_B) found")

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from merge_worker import merge as merge_module
+from merge_worker import lora_math
 from merge_worker.merge import MergeCancelled, merge_adapter
 from registry.errors import Conflict, IncompatibleBase, InvalidAdapter, ValidationFailed
 from tests.fixtures.models import TinyModels, load_model, read_folder
@@ -272,9 +272,38 @@ def test_row_blocks_do_not_change_bits(
     tiny_models: TinyModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     """The merge computes B @ A by blocks of rows; tiny blocks must give PEFT's bits too."""
-    monkeypatch.setattr(merge_module, "BLOCK_ELEMENTS", 40)  # 1-2 rows per block here
+    monkeypatch.setattr(lora_math, "BLOCK_ELEMENTS", 40)  # 1-2 rows per block here
     family, lora = CASES[case]
     base = tiny_models.base(family, "bf16")
     adapter = tiny_models.adapter(base, **lora)
     merge_adapter(base, adapter, tmp_path / "out")
     assert_matches_peft(tmp_path / "out", base, tiny_models.peft_merged(base, adapter), exact=True)
+
+
+def test_copy_without_copy_file_range(
+    tiny_models: TinyModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Untouched tensors fall back to plain writes where the kernel cannot copy files."""
+
+    def unsupported(*args: Any) -> int:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr("os.copy_file_range", unsupported)
+    base = tiny_models.base("llama", "bf16")
+    adapter = tiny_models.adapter(base, **LLAMA_QV)
+    merge_adapter(base, adapter, tmp_path / "out")
+    assert_matches_peft(tmp_path / "out", base, tiny_models.peft_merged(base, adapter), exact=True)
+
+
+def test_non_finite_untouched_base_tensor_is_refused(
+    tiny_models: TinyModels, tmp_path: Path
+) -> None:
+    source = tiny_models.base("gpt2", "fp32")
+    base = copy_tree(source, tmp_path / "base")
+    edit_tensors(base, "model.safetensors",
+                 lambda t: t["transformer.ln_f.weight"].__setitem__(3, float("inf")))
+    (tmp_path / "outs").mkdir()
+    with pytest.raises(ValidationFailed, match=r"transformer\.ln_f\.weight"):
+        merge_adapter(base, tiny_models.adapter(source, **CASES["fan_in_fan_out"][1]),
+                      tmp_path / "outs" / "out")
+    assert_nothing_written(tmp_path / "outs" / "out")
