@@ -12,6 +12,7 @@ import click
 from tqdm import tqdm
 
 from registry.client import Client
+from registry.errors import BadRequest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,13 +51,35 @@ class App:
         if not self.quiet:
             click.echo(message)
 
+    @property
+    def shows_progress(self) -> bool:
+        """Progress bars go to stderr only on a TTY, and never with --quiet/--json."""
+        return not (self.quiet or self.json) and sys.stderr.isatty()
+
     def progress_bar(self, desc: str) -> tqdm[Any]:
-        """A byte progress bar on stderr, shown only on a TTY without --quiet/--json."""
-        show = not (self.quiet or self.json) and sys.stderr.isatty()
+        """A byte progress bar on stderr (see :attr:`shows_progress`)."""
         return tqdm(
             total=0, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-            file=sys.stderr, disable=not show, leave=False,
+            file=sys.stderr, disable=not self.shows_progress, leave=False,
         )
+
+    def percent_bar(self, desc: str) -> tqdm[Any]:
+        """A 0-100 % progress bar on stderr for server-side work such as a merge job."""
+        return tqdm(
+            total=100, desc=desc, unit="%", file=sys.stderr, disable=not self.shows_progress,
+            leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}",
+        )
+
+    def fingerprint_cache_path(self) -> Path | None:
+        """LORAREG_FINGERPRINT_CACHE, read through the one Settings object."""
+        from pydantic import ValidationError
+
+        from registry.config import get_settings
+
+        try:
+            return get_settings().fingerprint_cache
+        except ValidationError as exc:
+            raise BadRequest(f"invalid LORAREG_* setting: {exc}") from None
 
 
 pass_app = click.make_pass_decorator(App)

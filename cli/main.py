@@ -28,7 +28,23 @@ from typing import Any
 
 import click
 
-from cli import adapters, audit, config_file, lifecycle, metrics, server, tokens, transfer
+from cli import (
+    adapters,
+    audit,
+    bases,
+    channels,
+    config_file,
+    export,
+    jobs,
+    lifecycle,
+    metrics,
+    ops,
+    pipeline,
+    rollouts,
+    server,
+    tokens,
+    transfer,
+)
 from cli.app import App
 from registry.errors import RegistryError
 
@@ -130,7 +146,10 @@ for command in (
     adapters.ls, adapters.show, adapters.namespace,
     transfer.push, transfer.pull,
     metrics.metrics, lifecycle.yank, lifecycle.unyank,
+    bases.base, bases.verify, jobs.merge, jobs.jobs,
     tokens.token, audit.audit,
     server.serve, server.db, server.worker,
+    *channels.COMMANDS, *rollouts.COMMANDS, export.export,
+    ops.webhook, ops.gc, ops.retention, *pipeline.COMMANDS,
 ):
     main.add_command(command)

@@ -1,9 +1,11 @@
-"""Parsing of repeated ``key=value`` arguments and metrics files (usage errors exit 1)."""
+"""Parsing of repeated ``key=value`` arguments, metrics files and durations (usage errors
+exit 1)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,3 +88,36 @@ def _is_row(row: Any) -> bool:
         isinstance(row, Mapping) and isinstance(row.get("key"), str)
         and isinstance(row.get("value"), int | float) and not isinstance(row["value"], bool)
     )
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"`` or plain seconds (``"45"``) -> seconds."""
+    value = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+        seconds = float(value)
+    elif value and _DURATION_RE.sub("", value) == "":
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_RE.findall(value))
+    else:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 2h or 1h30m")
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds
+
+
+class Duration(click.ParamType[float]):
+    """A click parameter holding seconds, written as 90s / 30m / 2h / 1h30m / plain seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)

@@ -7,12 +7,11 @@ import sys
 import threading
 
 import click
-from sqlalchemy import func, select
 
-from registry import migrate
 from registry.config import get_settings
-from registry.db import make_engine, make_session_factory
-from registry.models import ApiToken
+
+# sqlalchemy, alembic and the app are imported inside the commands: every other `lorareg`
+# command starts without paying for them.
 
 BANNER_NO_AUTH = (
     "WARNING: authentication is OFF (embedded single-user mode on {host}). Anyone who can "
@@ -35,7 +34,9 @@ def serve(host: str, port: int, workers: int) -> None:
     """Run the registry: migrations applied on start, SQLite + local blobs by default."""
     import uvicorn
 
+    from registry import migrate
     from registry.api.app import create_app
+    from registry.db import make_engine
 
     settings = get_settings()
     settings.check_production(host)
@@ -73,6 +74,11 @@ def _start_embedded_workers(count: int, stopping: threading.Event) -> None:
 
 
 def _has_tokens(engine: object) -> bool:
+    from sqlalchemy import func, select
+
+    from registry.db import make_session_factory
+    from registry.models import ApiToken
+
     factory = make_session_factory(engine)  # type: ignore[arg-type]
     with factory() as session:
         return bool(session.scalar(select(func.count()).select_from(ApiToken)))
@@ -93,6 +99,9 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def upgrade(revision: str) -> None:
     """Apply migrations (no alembic.ini needed; uses LORAREG_DATABASE_URL)."""
+    from registry import migrate
+    from registry.db import make_engine
+
     settings = get_settings()
     engine = make_engine(settings.effective_database_url)
     migrate.upgrade(engine, revision)

@@ -31,12 +31,16 @@ PUSH_SUMMARY = ("ref", "version", "manifest_digest", "created", "uploaded_bytes"
 @click.option("--ci-run-url", help="Provenance: URL of the CI run that trained it.")
 @click.option("--ci-job", help="Provenance: CI job name.")
 @click.option("--description", help="Adapter description, used if this push creates it.")
+@click.option("--idempotency-key", metavar="KEY",
+              help="Names this pipeline step: a retry returns the version it created "
+                   "(the key reused with other content is a conflict, exit 3).")
 @json_option
 @pass_app
 def push(
     app: App, folder: Path, adapter: str, base: str, metrics_file: Path | None,
     metric_pairs: tuple[str, ...], labels: dict[str, str], git_commit: str | None,
     git_repo: str | None, ci_run_url: str | None, ci_job: str | None, description: str | None,
+    idempotency_key: str | None,
 ) -> None:
     """Push FOLDER (a PEFT adapter) as a new version; only missing blobs are uploaded.
 
@@ -54,7 +58,7 @@ def push(
     with app.progress_bar("upload") as bar:
         result = app.client().push(
             folder, adapter, base, metrics=metrics, labels=labels, provenance=provenance,
-            description=description, progress=bar,
+            description=description, progress=bar, idempotency_key=idempotency_key,
         )
     _report_push(app, result)
 
@@ -77,21 +81,26 @@ def _report_push(app: App, result: dict[str, Any]) -> None:
 @click.option("-o", "--output", "dest", required=True,
               type=click.Path(path_type=Path), help="Folder to create.")
 @click.option("--force", is_flag=True, help="Replace the folder if it exists.")
+@click.option("--merged", is_flag=True,
+              help="Pull REF merged into its base (after `lorareg merge`), not the adapter.")
 @json_option
 @pass_app
-def pull(app: App, ref: str, dest: Path, force: bool) -> None:
+def pull(app: App, ref: str, dest: Path, force: bool, merged: bool) -> None:
     """Download version REF (ns/name@N or ns/name@latest) into a new folder, verified.
 
     Every file's sha256 is checked and the folder appears only when complete. An interrupted
-    pull resumes where it stopped when run again.
+    pull resumes where it stopped when run again. With --merged, the folder is the full model
+    with the adapter merged in (loadable with transformers' from_pretrained); exit 2 if REF
+    has not been merged yet.
     """
     with app.progress_bar("download") as bar:
-        result = app.client().pull(ref, dest, progress=bar, overwrite=force)
+        result = app.client().pull(ref, dest, progress=bar, overwrite=force, merged=merged)
     if result.get("status") == "yanked":
         click.echo(f"warning: {result['ref']} is yanked: {result.get('yank_reason')}", err=True)
     if app.json:
         output.emit_json(result)
         return
-    app.say(f"pulled {result['ref']} into {result['path']} ({len(result['files'])} files, "
+    what = f"{result['ref']} merged (artifact {result['id']})" if merged else result["ref"]
+    app.say(f"pulled {what} into {result['path']} ({len(result['files'])} files, "
             f"{output.size(result.get('total_size'))}; "
             f"{output.size(result['downloaded_bytes'])} downloaded)")

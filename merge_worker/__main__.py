@@ -23,7 +23,12 @@ def start_workers(count: int, stopping: threading.Event) -> list[threading.Threa
     engine = make_engine(settings.effective_database_url)
     sessions = make_session_factory(engine)
     store = open_blob_store(settings)
-    threads = []
+    # One more thread ticks the rollout controller and delivers webhooks, so a long merge in
+    # every job thread never stalls rollouts, their deadlines or events.
+    controller = Worker(settings, sessions, store, {}, worker_id=f"{default_worker_id()}-ctl",
+                        stopping=stopping, poll_seconds=settings.worker_poll_seconds)
+    threads = [threading.Thread(target=controller.run, name="controller", daemon=True)]
+    threads[0].start()
     for i in range(count):
         worker = Worker(settings, sessions, store, HANDLERS,
                         worker_id=f"{default_worker_id()}-{i}", stopping=stopping,

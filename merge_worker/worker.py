@@ -149,6 +149,8 @@ class Worker:
 
     def run_once(self) -> bool:
         """Run at most one job; False when the queue had nothing runnable."""
+        if not self.handlers:  # a controller-only worker claims no jobs
+            return False
         with transaction(self.sessions) as session:
             job = jobs.claim(session, self.worker_id, kinds=list(self.handlers), lease=self.lease)
             if job is None:

@@ -19,133 +19,64 @@ version creation (identical content returns the existing version).
 Progress: ``push`` and ``pull`` accept either a callable receiving byte increments (negative
 when a retried upload starts over) or a tqdm-like object; the latter first gets
 ``reset(total=<bytes to transfer>)``, so one bar covers the whole transfer.
+
+The class is assembled from parts: local files, hashing and the resumable verified download
+are in :mod:`registry.transfer`; base models (register, verify) in :mod:`registry.client_bases`;
+merges and jobs in :mod:`registry.client_jobs`.
 """
 
 from __future__ import annotations
 
-import email.utils
-import hashlib
-import os
-import random
-import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from registry import __version__, errors
-from registry.manifest import normalize_path
-from registry.refs import parse_adapter_name, parse_base_ref, parse_ref
+from registry.client_bases import BasesMixin
+from registry.client_channels import ChannelsMixin
+from registry.client_core import Params, adapter_path, label_params, query, version_path
+from registry.client_jobs import JobsMixin
+from registry.client_ops import OpsMixin
+from registry.manifest import FileEntry, manifest_digest
+from registry.refs import parse_adapter_name, parse_base_ref
+from registry.retry import MAX_RETRY_AFTER, RETRY_STATUSES, RetryPolicy, parse_retry_after
+from registry.transfer import (
+    CHUNK,
+    LocalFile,
+    Progress,
+    ProgressBar,
+    Reporter,
+    Sink,
+    check_dest,
+    download_folder,
+    file_chunks,
+    iter_folder,
+    range_start,
+    scan_folder,
+    sha256_file,
+)
 
-CHUNK = 1024 * 1024
+__all__ = [
+    "CHUNK",
+    "MAX_RETRY_AFTER",
+    "Client",
+    "LocalFile",
+    "Progress",
+    "ProgressBar",
+    "RetryPolicy",
+    "iter_folder",
+    "metric_rows",
+    "parse_retry_after",
+    "scan_folder",
+    "sha256_file",
+]
+
 PAGE_SIZE = 100
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-MAX_RETRY_AFTER = 60.0
-SKIP_DIRS = frozenset({"__pycache__"})
-
-Params = Sequence[tuple[str, str]]
-
-
-@runtime_checkable
-class ProgressBar(Protocol):
-    """What push/pull need of a tqdm bar."""
-
-    def update(self, n: float | None = ...) -> bool | None: ...
-
-    def reset(self, total: float | None = ...) -> None: ...
-
-
-Progress = Callable[[int], object] | ProgressBar
-
-
-class _Reporter:
-    """Feeds byte counts to a callable, a tqdm-like bar, or nothing."""
-
-    def __init__(self, progress: Progress | None) -> None:
-        self._progress = progress
-
-    def start(self, total: int) -> None:
-        if isinstance(self._progress, ProgressBar):
-            self._progress.reset(total=total)
-
-    def __call__(self, n: int) -> None:
-        if not n or self._progress is None:
-            return
-        if isinstance(self._progress, ProgressBar):
-            self._progress.update(n)
-        else:
-            self._progress(n)
-
-
-# ---------------------------------------------------------------------------- local files
-
-
-@dataclass(frozen=True)
-class LocalFile:
-    """One file of an adapter folder: its manifest path, where it lives, its sha256 and size."""
-
-    path: str
-    source: Path
-    digest: str
-    size: int
-
-    def entry(self) -> dict[str, Any]:
-        return {"path": self.path, "digest": self.digest, "size": self.size}
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def iter_folder(folder: Path) -> Iterator[tuple[str, Path]]:
-    """``(relative POSIX path, file)`` for every regular file under ``folder``, sorted.
-
-    Hidden files and folders (``.git``, ``.DS_Store``) and ``__pycache__`` are skipped.
-    Symlinks to files are followed (Hugging Face snapshots are symlink farms); symlinked
-    folders are not, so a link cycle cannot loop.
-    """
-    found: list[tuple[str, Path]] = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS]
-        for name in names:
-            file = Path(root) / name
-            if not name.startswith(".") and file.is_file():
-                found.append((normalize_path(file.relative_to(folder).as_posix()), file))
-    return iter(sorted(found))
-
-
-def scan_folder(folder: Path) -> list[LocalFile]:
-    """Hash every file of an adapter folder (see :func:`iter_folder`)."""
-    if not folder.is_dir():
-        raise errors.BadRequest(f"{folder} is not a folder")
-    files = [LocalFile(rel, f, sha256_file(f), f.stat().st_size) for rel, f in iter_folder(folder)]
-    if not files:
-        raise errors.BadRequest(f"{folder} contains no files to push")
-    return files
-
-
-def _file_chunks(file: LocalFile) -> Iterator[bytes]:
-    sent = 0
-    with file.source.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            sent += len(chunk)
-            if sent > file.size:
-                break
-            yield chunk
-    if sent != file.size:
-        raise errors.BadRequest(f"{file.source} changed while it was being pushed; push again")
 
 
 def metric_rows(metrics: Mapping[str, float] | Sequence[Mapping[str, Any]] | None) -> list[Any]:
@@ -157,77 +88,10 @@ def metric_rows(metrics: Mapping[str, float] | Sequence[Mapping[str, Any]] | Non
     return [dict(m) for m in metrics]
 
 
-# ------------------------------------------------------------------------------ retries
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter; ``Retry-After`` wins when the server sends it."""
-
-    retries: int = 4
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), MAX_RETRY_AFTER)
-        cap = min(self.max_delay, self.base_delay * 2.0**attempt)
-        return cap / 2 + random.uniform(0, cap / 2)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date)."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-
-
-def _params(**values: Any) -> list[tuple[str, str]]:
-    """Query parameters without Nones; lists become repeated parameters."""
-    out: list[tuple[str, str]] = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        items = value if isinstance(value, list | tuple) else [value]
-        out.extend((key, str(v)) for v in items)
-    return out
-
-
-def _label_params(labels: Mapping[str, str] | Sequence[str] | None) -> list[str] | None:
-    if labels is None:
-        return None
-    if isinstance(labels, str):
-        return [labels]
-    if isinstance(labels, Mapping):
-        return [f"{k}={v}" for k, v in labels.items()]
-    return list(labels)
-
-
-def _adapter_path(name: str) -> str:
-    ns, adapter = parse_adapter_name(name)
-    return f"/api/v1/adapters/{ns}/{adapter}"
-
-
-def _version_path(ref: str, *, explicit: bool = False) -> str:
-    r = parse_ref(ref)
-    if r.channel:
-        raise errors.BadRequest(f"{ref}: channel references are not supported here yet")
-    if explicit and r.version is None:
-        raise errors.BadRequest(f"{ref}: name an explicit version, e.g. {r.adapter}@3")
-    sel = "latest" if r.version is None else str(r.version)
-    return f"{_adapter_path(r.adapter)}/versions/{sel}"
-
-
 # ------------------------------------------------------------------------------- client
 
 
-class Client:
+class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin):
     """A lorareg server, reached over HTTP. Safe to reuse; not safe to share across threads."""
 
     def __init__(
@@ -238,8 +102,10 @@ class Client:
         timeout: float = 30.0,
         retries: int = 4,
         transport: httpx.BaseTransport | None = None,
+        fingerprint_cache_path: Path | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.fingerprint_cache_path = fingerprint_cache_path
         headers = {"User-Agent": f"lorareg-client/{__version__}"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -391,12 +257,12 @@ class Client:
         q: str | None = None, sort: str | None = None, limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Adapters, following cursors; ``label`` is ``{"k": "v"}`` or ``["k=v"]``."""
-        params = _params(namespace=namespace, label=_label_params(label), q=q, sort=sort)
+        params = query(namespace=namespace, label=label_params(label), q=q, sort=sort)
         return self._paginate("/api/v1/adapters", params, limit)
 
     def adapter(self, name: str) -> dict[str, Any]:
         """One adapter, ``ns/name``."""
-        result: dict[str, Any] = self._get(_adapter_path(name))
+        result: dict[str, Any] = self._get(adapter_path(name))
         return result
 
     def update_adapter(
@@ -412,7 +278,7 @@ class Client:
         if remove_labels is not None:
             body["remove_labels"] = list(remove_labels)
         result: dict[str, Any] = self._send(
-            "PATCH", _adapter_path(name), json=body, idempotent=False
+            "PATCH", adapter_path(name), json=body, idempotent=False
         ).json()
         return result
 
@@ -429,29 +295,30 @@ class Client:
         ``metric_filters`` look like ``"accuracy>=0.9"``; ``sort`` is ``version``,
         ``created_at`` or ``metric.KEY``; ``order`` is ``asc`` or ``desc``.
         """
-        path = f"{_adapter_path(adapter)}/versions" if adapter else "/api/v1/versions"
-        params = _params(
-            namespace=namespace, status=status, label=_label_params(labels), base=base,
+        path = f"{adapter_path(adapter)}/versions" if adapter else "/api/v1/versions"
+        params = query(
+            namespace=namespace, status=status, label=label_params(labels), base=base,
             metric=list(metric_filters), sort=sort, order=order,
         )
         return self._paginate(path, params, limit)
 
     def version(self, ref: str) -> dict[str, Any]:
-        """One version: ``ns/name@3``, ``ns/name@latest`` or ``ns/name`` (= latest)."""
-        result: dict[str, Any] = self._get(_version_path(ref))
+        """One version: ``ns/name@3``, ``ns/name@latest``, ``ns/name`` (= latest) or
+        ``ns/name:prod`` (the channel's stable version)."""
+        result: dict[str, Any] = self._get(version_path(self.pin_channel(ref)))
         return result
 
     def yank(self, ref: str, reason: str) -> dict[str, Any]:
         """Mark an explicit version (``ns/name@3``) as yanked; it stays pullable by number."""
         result: dict[str, Any] = self._post(
-            f"{_version_path(ref, explicit=True)}/yank", {"reason": reason}
+            f"{version_path(ref, explicit=True)}/yank", {"reason": reason}
         )
         return result
 
     def unyank(self, ref: str, reason: str = "") -> dict[str, Any]:
         """Undo a yank of an explicit version."""
         result: dict[str, Any] = self._post(
-            f"{_version_path(ref, explicit=True)}/unyank", {"reason": reason}
+            f"{version_path(ref, explicit=True)}/unyank", {"reason": reason}
         )
         return result
 
@@ -468,12 +335,12 @@ class Client:
                 row.setdefault("dataset", dataset)
             if split is not None:
                 row.setdefault("split", split)
-        result: dict[str, Any] = self._post(f"{_version_path(ref)}/metrics", {"metrics": rows})
+        result: dict[str, Any] = self._post(f"{version_path(ref)}/metrics", {"metrics": rows})
         return result
 
     def metric_history(self, ref: str) -> list[dict[str, Any]]:
         """Every recorded metric value of a version, oldest first."""
-        items: list[dict[str, Any]] = self._get(f"{_version_path(ref)}/metrics")["items"]
+        items: list[dict[str, Any]] = self._get(f"{version_path(ref)}/metrics")["items"]
         return items
 
     # -- push ----------------------------------------------------------------------------
@@ -483,17 +350,20 @@ class Client:
         metrics: Mapping[str, float] | Sequence[Mapping[str, Any]] | None = None,
         labels: Mapping[str, str] | None = None, provenance: Mapping[str, str] | None = None,
         description: str | None = None, progress: Progress | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Push an adapter folder as a new version of ``adapter`` trained on ``base``.
 
         Only blobs the server lacks are uploaded. Pushing identical content again uploads
-        nothing and returns the existing version. The result is the version plus
-        ``created``, ``uploaded_bytes`` and ``uploaded_digests``.
+        nothing and returns the existing version; ``idempotency_key`` names one pipeline step
+        (its retries return the version it created; reused with other content: Conflict).
+        The result is the version plus ``created``, ``uploaded_bytes`` and
+        ``uploaded_digests``.
         """
         hub_id, revision = parse_base_ref(base)
         parse_adapter_name(adapter)
         files = scan_folder(Path(path))
-        report = _Reporter(progress)
+        report = Reporter(progress)
         uploaded = self._upload_missing(files, report)
         body = {
             "files": [f.entry() for f in files],
@@ -503,6 +373,8 @@ class Client:
             "provenance": dict(provenance or {}),
             "description": description,
         }
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
         version = self._create_version(adapter, body, files, report, uploaded)
         return {
             **version,
@@ -519,14 +391,14 @@ class Client:
 
     def upload_blob(self, file: LocalFile, progress: Progress | None = None) -> dict[str, Any]:
         """Stream one file to ``PUT /blobs/<digest>``; the server verifies the hash."""
-        report = progress if isinstance(progress, _Reporter) else _Reporter(progress)
+        report = progress if isinstance(progress, Reporter) else Reporter(progress)
         sent = 0
 
         def body() -> Iterator[bytes]:
             nonlocal sent
             report(-sent)  # a retry starts over: take back what the failed attempt reported
             sent = 0
-            for chunk in _file_chunks(file):
+            for chunk in file_chunks(file):
                 sent += len(chunk)
                 report(len(chunk))
                 yield chunk
@@ -537,21 +409,21 @@ class Client:
         ).json()
         return result
 
-    def _upload_missing(self, files: Sequence[LocalFile], report: _Reporter,
+    def _upload_missing(self, files: Sequence[LocalFile], report: Reporter,
                         only: Sequence[str] | None = None) -> list[LocalFile]:
         by_digest = {f.digest: f for f in files}
         missing = list(only) if only is not None else self.missing_blobs(sorted(by_digest))
         todo = [by_digest[d] for d in missing if d in by_digest]
-        report.start(sum(f.size for f in todo))
+        report.start(sum(f.size for f in todo), "upload")
         for file in todo:
             self.upload_blob(file, report)
         return todo
 
     def _create_version(
         self, adapter: str, body: dict[str, Any], files: Sequence[LocalFile],
-        report: _Reporter, uploaded: list[LocalFile],
+        report: Reporter, uploaded: list[LocalFile],
     ) -> dict[str, Any]:
-        path = f"{_adapter_path(adapter)}/versions"
+        path = f"{adapter_path(adapter)}/versions"
         try:
             response = self._send("POST", path, json=body, idempotent=True)
         except errors.BadRequest as err:
@@ -570,50 +442,34 @@ class Client:
 
     def pull(
         self, ref: str, dest: str | Path, *, progress: Progress | None = None,
-        overwrite: bool = False,
+        overwrite: bool = False, merged: bool = False,
     ) -> dict[str, Any]:
-        """Download a version into the folder ``dest``, atomically and verified.
+        """Download a version (or, with ``merged``, its merged model) into the folder ``dest``,
+        atomically and verified.
 
-        Files land in ``.<dest>.partial-<manifest digest[:12]>`` next to ``dest``; an
-        interrupted pull resumes there (whole verified files are kept, a partial file
-        continues with a Range request). Every file's sha256 is checked; a mismatch deletes
-        the file and raises DigestMismatch. The folder is renamed to ``dest`` at the end;
-        an existing ``dest`` is replaced only with ``overwrite``. The result is the version
+        Files land in ``.<dest>.partial-<manifest digest[:12]>`` next to ``dest`` (``merged-``
+        before the digest for a merged model); an interrupted pull resumes there (whole
+        verified files are kept, a partial file continues with a Range request). Every file's
+        sha256 is checked; a mismatch deletes the file and raises DigestMismatch. The folder is
+        renamed to ``dest`` at the end; an existing ``dest`` is replaced only with
+        ``overwrite``. The result is the version (or the merged artifact, see :meth:`merged`)
         plus ``path`` and ``downloaded_bytes``.
         """
         dest = Path(dest).resolve()
-        version = self.version(ref)
-        _check_dest(dest, overwrite)
-        partial = dest.parent / f".{dest.name}.partial-{version['manifest_digest'][:12]}"
-        partial.mkdir(parents=True, exist_ok=True)
-        report = _Reporter(progress)
-        report.start(sum(int(f["size"]) for f in version["files"]))
-        downloaded = sum(self._fetch(f, partial, report) for f in version["files"])
-        _prune(partial, {normalize_path(f["path"]) for f in version["files"]})
-        _install(partial, dest, overwrite)
-        return {**version, "path": str(dest), "downloaded_bytes": downloaded}
+        ref = self.pin_channel(ref)  # ns/name:prod -> ns/name@<stable>
+        if merged:
+            source = self.merged(ref)
+            entries = [FileEntry(f["path"], f["digest"], int(f["size"])) for f in source["files"]]
+            key = f"merged-{manifest_digest(entries)[:12]}"
+        else:
+            source = self.version(ref)
+            key = source["manifest_digest"][:12]
+        check_dest(dest, overwrite)
+        downloaded = download_folder(source["files"], dest, key, self._download,
+                                     Reporter(progress), overwrite=overwrite)
+        return {**source, "path": str(dest), "downloaded_bytes": downloaded}
 
-    def _fetch(self, entry: Mapping[str, Any], root: Path, report: _Reporter) -> int:
-        """Make ``root/<path>`` hold the verified file; return the bytes downloaded."""
-        path, digest, size = normalize_path(entry["path"]), entry["digest"], int(entry["size"])
-        target = root.joinpath(*path.split("/"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if _is_complete(target, digest, size):
-            report(size)
-            return 0
-        sink = _Sink(target, report)
-        self._download(digest, sink, size)
-        actual = sink.hasher.hexdigest()
-        if actual != digest or sink.size != size:
-            target.unlink(missing_ok=True)
-            raise errors.DigestMismatch(
-                f"{path}: downloaded {sink.size} bytes hashing to {actual}, expected {size} "
-                f"bytes of {digest}; the file was removed",
-                path=path, expected=digest, actual=actual,
-            )
-        return sink.fetched
-
-    def _download(self, digest: str, sink: _Sink, size: int) -> None:
+    def _download(self, digest: str, sink: Sink, size: int) -> None:
         """Stream the blob into ``sink`` from its current size, resuming after read errors."""
         attempt = 0
         while sink.size < size or size == 0:
@@ -622,9 +478,10 @@ class Client:
                 "GET", f"/api/v1/blobs/{digest}", headers=headers, stream=True, follow=True
             )
             try:
-                if sink.size and _range_start(response) != sink.size:
+                start = range_start(response.status_code, response.headers.get("content-range"))
+                if sink.size and start != sink.size:
                     sink.restart()  # the server (or the presigned URL) ignored our Range
-                sink.write_from(response)
+                sink.write_from(response.iter_bytes())
                 return
             except httpx.TransportError as exc:
                 if attempt >= self.retry.retries:
@@ -634,14 +491,14 @@ class Client:
             finally:
                 response.close()
 
-    # -- audit, tokens, bases ------------------------------------------------------------
+    # -- audit, tokens ------------------------------------------------------------------
 
     def audit(
         self, namespace: str | None = None, target: str | None = None,
         action: str | None = None, limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Audit events, newest first, following cursors."""
-        params = _params(namespace=namespace, target=target, action=action)
+        params = query(namespace=namespace, target=target, action=action)
         return self._paginate("/api/v1/audit", params, limit)
 
     def create_token(
@@ -663,104 +520,3 @@ class Client:
     def revoke_token(self, token_id: str) -> None:
         """Revoke a token by id; revoking twice is harmless."""
         self._send("DELETE", f"/api/v1/tokens/{quote(token_id, safe='')}")
-
-    def bases(self) -> list[dict[str, Any]]:
-        """Registered base models."""
-        return list(self._paginate("/api/v1/bases", [], None))
-
-    def base(self, base_id: int | str) -> dict[str, Any]:
-        """One base model by id."""
-        result: dict[str, Any] = self._get(f"/api/v1/bases/{quote(str(base_id), safe='')}")
-        return result
-
-
-# ------------------------------------------------------------------------------ pull helpers
-
-
-class _Sink:
-    """A file being downloaded: what is on disk and its running sha256."""
-
-    def __init__(self, target: Path, report: _Reporter) -> None:
-        self.target, self.report = target, report
-        self.hasher = hashlib.sha256()
-        self.size = 0
-        self.fetched = 0
-        if target.is_file():
-            with target.open("rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    self.hasher.update(chunk)
-                    self.size += len(chunk)
-        report(self.size)
-
-    def restart(self) -> None:
-        self.report(-self.size)
-        self.target.write_bytes(b"")
-        self.hasher, self.size = hashlib.sha256(), 0
-
-    def write_from(self, response: httpx.Response) -> None:
-        with self.target.open("ab") as fh:
-            try:
-                for chunk in response.iter_bytes():  # as received: keep every byte we got
-                    fh.write(chunk)
-                    self.hasher.update(chunk)
-                    self.size += len(chunk)
-                    self.fetched += len(chunk)
-                    self.report(len(chunk))
-            finally:
-                fh.flush()
-                os.fsync(fh.fileno())
-
-
-def _is_complete(target: Path, digest: str, size: int) -> bool:
-    """True if ``target`` already holds the file; a wrong full-size file is deleted."""
-    if not target.is_file():
-        return False
-    have = target.stat().st_size
-    if have == size and sha256_file(target) == digest:
-        return True
-    if have >= size:
-        target.unlink()
-    return False
-
-
-def _range_start(response: httpx.Response) -> int:
-    """First byte of a 206 answer; 0 for a full (200) answer."""
-    if response.status_code != 206:
-        return 0
-    unit, _, spec = response.headers.get("content-range", "").partition(" ")
-    start = spec.partition("-")[0]
-    return int(start) if unit == "bytes" and start.isdigit() else -1
-
-
-def _check_dest(dest: Path, overwrite: bool) -> None:
-    if (dest.exists() or dest.is_symlink()) and not overwrite:
-        raise errors.Conflict(f"{dest} already exists; pass overwrite (--force) to replace it")
-
-
-def _prune(root: Path, keep: set[str]) -> None:
-    """Remove files a previous attempt left in the partial folder that are not in the manifest."""
-    for rel, file in list(iter_folder(root)):
-        if rel not in keep:
-            file.unlink()
-    for dirpath, _dirs, _files in sorted(os.walk(root), reverse=True):
-        if Path(dirpath) != root and not any(Path(dirpath).iterdir()):
-            Path(dirpath).rmdir()
-
-
-def _install(partial: Path, dest: Path, overwrite: bool) -> None:
-    """Rename the finished folder into place; an old ``dest`` is swapped out, then deleted."""
-    _check_dest(dest, overwrite)
-    if not (dest.exists() or dest.is_symlink()):
-        partial.rename(dest)
-        return
-    backup = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
-    dest.rename(backup)
-    try:
-        partial.rename(dest)
-    except OSError:
-        backup.rename(dest)
-        raise
-    if backup.is_dir() and not backup.is_symlink():
-        shutil.rmtree(backup)
-    else:
-        backup.unlink()

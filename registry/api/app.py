@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry import __version__
+from registry import __version__, ui
 from registry.api import problems
 from registry.api.deps import State
 from registry.api.routes import (
@@ -96,6 +96,7 @@ def create_app(
     problems.install(app)
     for module in (admin, adapters, bases, blobs, channels, jobs, ops, resolve):
         app.include_router(module.router)
+    ui.install(app)  # /ui pages and /ui/static (registry/ui/__init__.py)
     app.add_middleware(RequestObserver, metrics=state.metrics)
     app.add_middleware(BodyLimit, json_limit=settings.max_json_body,
                        blob_limit=settings.max_blob_size)

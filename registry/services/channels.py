@@ -127,7 +127,7 @@ def promote_now(session: Session, channel: Channel, version: AdapterVersion, cha
 
 
 def set_stable(session: Session, channel: Channel, version: AdapterVersion, change: Change,
-               action: str) -> None:
+               action: str, rollout_id: int | None = None) -> None:
     before = channel.stable.number if channel.stable else None
     channel.stable = version
     channel.canary = None
@@ -135,7 +135,7 @@ def set_stable(session: Session, channel: Channel, version: AdapterVersion, chan
     channel.rollout_id = None
     channel.base_fingerprint = version.base_model.fingerprint if version.base_model else None
     record(session, channel, change, action, from_stable=before, to_stable=version.number,
-           snapshot=version)
+           snapshot=version, rollout_id=rollout_id)
 
 
 def record(session: Session, channel: Channel, change: Change, action: str, *,

@@ -141,6 +141,7 @@ def rollback(session: Session, channel: Channel, change: Change, to_number: int 
              ) -> Channel:
     """One call: the previous (or the named) version becomes stable again; a running
     canary is aborted as part of the same change."""
+    channel = _lock_for_rollback(session, channel)
     channels.check_cas(channel, change)
     target = _rollback_target(session, channel, to_number)
     if channel.rollout_id is not None:
@@ -151,6 +152,21 @@ def rollback(session: Session, channel: Channel, change: Change, to_number: int 
     return channel
 
 
+def _lock_for_rollback(session: Session, channel: Channel) -> Channel:
+    """Lock the channel's active rollout, then the channel: the controller's order (rollout,
+    then channel), so a rollback during a tick waits instead of deadlocking."""
+    for _ in range(3):
+        rollout_id = channel.rollout_id
+        if rollout_id is not None:
+            get_rollout(session, rollout_id, for_update=True)
+        channel = session.scalars(select(Channel).where(Channel.id == channel.id)
+                                  .with_for_update(of=Channel)
+                                  .execution_options(populate_existing=True)).one()
+        if channel.rollout_id in (None, rollout_id):
+            return channel
+    raise Conflict(f"{channels.channel_name(channel)} keeps changing; retry the rollback")
+
+
 def _rollback_target(session: Session, channel: Channel, to_number: int | None
                      ) -> AdapterVersion:
     ns, name = channel.adapter.namespace.name, channel.adapter.name
@@ -158,6 +174,8 @@ def _rollback_target(session: Session, channel: Channel, to_number: int | None
         return versions.get_version(session, Ref(ns, name, version=to_number))
     current = channel.stable.number if channel.stable else None
     for event in channels.history(session, channel, limit=500).items:
+        if event.action == "rollback":  # rolling back twice goes further back, not forth
+            continue
         if event.to_stable == current and event.from_stable not in (None, current):
             return versions.get_version(session, Ref(ns, name, version=event.from_stable))
     raise Conflict(f"{channels.channel_name(channel)} has no previous stable version to roll "
@@ -286,7 +304,7 @@ def _promote(session: Session, rollout: Rollout, channel: Channel, now: datetime
     _finish(rollout, "promoted", now, "all steps passed")
     channels.set_stable(session, channel, version, Change(CONTROLLER, reason="rollout "
                                                           f"{rollout.id} promoted"),
-                        "rollout.promoted")
+                        "rollout.promoted", rollout_id=rollout.id)
 
 
 def _abort(session: Session, rollout: Rollout, channel: Channel, actor: Actor,

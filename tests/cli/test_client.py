@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from registry import client as client_mod
-from registry import errors
+from registry import errors, transfer
 from registry.client import Client, RetryPolicy, iter_folder, parse_retry_after, scan_folder
 from tests.cli.conftest import BASE, variant
 from tests.fixtures.server import LiveServer, base_env, bootstrap_admin, start_uvicorn
@@ -47,7 +47,7 @@ def test_iter_folder_follows_file_symlinks(tmp_path: Path) -> None:
 
 
 def test_scan_folder_hashes_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_mod, "CHUNK", 7)
+    monkeypatch.setattr(transfer, "CHUNK", 7)
     data = os.urandom(100)
     (tmp_path / "a.bin").write_bytes(data)
     (tmp_path / "empty").write_bytes(b"")

@@ -260,3 +260,13 @@ def test_promotion_and_version_ids_are_consistent(session: Session, push: Push) 
     channels.promote_now(session, prod, v1, Change(ACTOR))
     stored = session.scalar(select(Channel).where(Channel.id == prod.id))
     assert stored is not None and stored.stable_version_id == v1.id and stored.revision == 1
+
+
+def test_rolling_back_twice_goes_further_back(session: Session, push: Push) -> None:
+    v1, v2, v3 = push(), push(), push()
+    prod = channel(session)
+    for v in (v1, v2, v3):
+        channels.promote_now(session, prod, v, Change(ACTOR))
+    rollouts.rollback(session, prod, Change(ACTOR))
+    rollouts.rollback(session, prod, Change(ACTOR))
+    assert prod.stable_version_id == v1.id

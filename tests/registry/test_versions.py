@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from registry.fingerprint import TensorEntry, pack_manifest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -24,6 +23,7 @@ from registry.errors import (
     InvalidSafetensors,
     NotFound,
 )
+from registry.fingerprint import TensorEntry, pack_manifest
 from registry.manifest import FileEntry, manifest_digest
 from registry.models import AdapterVersion, AuditEvent, BaseModel, Metric
 from registry.refs import parse_ref

@@ -1,0 +1,280 @@
+"""Moving files between local folders and the registry, independent of HTTP.
+
+* Scanning: :func:`iter_folder` walks a folder the way push sees it, :func:`scan_folder` hashes
+  it into :class:`LocalFile` entries, :func:`file_chunks` streams one file for an upload and
+  notices when it changes underneath.
+* Progress: :class:`Reporter` feeds byte counts to a callable or a tqdm-like bar.
+* Downloading a file set into a folder, resumable, verified and atomic
+  (:func:`download_folder`): files land in ``.<dest>.partial-<key>`` next to ``dest``; whole
+  files already there and hashing right are kept, a partial file continues from its size (the
+  caller's ``download`` function asks for a ``Range``); every file's sha256 is checked (a
+  mismatch deletes the file and raises DigestMismatch); files not in the manifest are pruned;
+  the folder is renamed to ``dest`` only when complete.
+
+The HTTP side (which URL, retries, ``Range`` headers) lives in :mod:`registry.client`; it hands
+:func:`download_folder` a :data:`Download` function that streams one blob into a :class:`Sink`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from registry import errors
+from registry.manifest import normalize_path
+
+CHUNK = 1024 * 1024
+SKIP_DIRS = frozenset({"__pycache__"})
+
+
+# ------------------------------------------------------------------------------- progress
+
+
+@runtime_checkable
+class ProgressBar(Protocol):
+    """What transfers need of a tqdm bar."""
+
+    def update(self, n: float | None = ...) -> bool | None: ...
+
+    def reset(self, total: float | None = ...) -> None: ...
+
+
+Progress = Callable[[int], object] | ProgressBar
+
+
+class Reporter:
+    """Feeds byte counts to a callable, a tqdm-like bar, or nothing."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+
+    def start(self, total: int, phase: str | None = None) -> None:
+        """A new phase of ``total`` bytes: a bar is reset (and renamed, if it can be)."""
+        if isinstance(self._progress, ProgressBar):
+            if phase is not None and hasattr(self._progress, "set_description_str"):
+                self._progress.set_description_str(phase)
+            self._progress.reset(total=total)
+
+    def __call__(self, n: int) -> None:
+        if not n or self._progress is None:
+            return
+        if isinstance(self._progress, ProgressBar):
+            self._progress.update(n)
+        else:
+            self._progress(n)
+
+
+# ---------------------------------------------------------------------------- local files
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """One file of a local folder: its manifest path, where it lives, its sha256 and size."""
+
+    path: str
+    source: Path
+    digest: str
+    size: int
+
+    def entry(self) -> dict[str, Any]:
+        return {"path": self.path, "digest": self.digest, "size": self.size}
+
+
+def sha256_file(path: Path, report: Callable[[int], object] | None = None) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (``report`` hears each chunk's size)."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+            if report is not None:
+                report(len(chunk))
+    return h.hexdigest()
+
+
+def iter_folder(folder: Path) -> Iterator[tuple[str, Path]]:
+    """``(relative POSIX path, file)`` for every regular file under ``folder``, sorted.
+
+    Hidden files and folders (``.git``, ``.DS_Store``) and ``__pycache__`` are skipped.
+    Symlinks to files are followed (Hugging Face snapshots are symlink farms); symlinked
+    folders are not, so a link cycle cannot loop.
+    """
+    found: list[tuple[str, Path]] = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS]
+        for name in names:
+            file = Path(root) / name
+            if not name.startswith(".") and file.is_file():
+                found.append((normalize_path(file.relative_to(folder).as_posix()), file))
+    return iter(sorted(found))
+
+
+def scan_folder(folder: Path, report: Callable[[int], object] | None = None) -> list[LocalFile]:
+    """Hash every file of a folder (see :func:`iter_folder`); ``report`` hears hashed bytes."""
+    if not folder.is_dir():
+        raise errors.BadRequest(f"{folder} is not a folder")
+    files = [LocalFile(rel, f, sha256_file(f, report), f.stat().st_size)
+             for rel, f in iter_folder(folder)]
+    if not files:
+        raise errors.BadRequest(f"{folder} contains no files to push")
+    return files
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes :func:`scan_folder` will hash."""
+    return sum(f.stat().st_size for _, f in iter_folder(folder))
+
+
+def file_chunks(file: LocalFile) -> Iterator[bytes]:
+    """The file's bytes for an upload; BadRequest if it no longer has the scanned size."""
+    sent = 0
+    with file.source.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            sent += len(chunk)
+            if sent > file.size:
+                break
+            yield chunk
+    if sent != file.size:
+        raise errors.BadRequest(f"{file.source} changed while it was being pushed; push again")
+
+
+# ------------------------------------------------------------------------------ downloads
+
+
+class Sink:
+    """A file being downloaded: what is on disk and its running sha256."""
+
+    def __init__(self, target: Path, report: Reporter) -> None:
+        self.target, self.report = target, report
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.fetched = 0
+        if target.is_file():
+            with target.open("rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    self.hasher.update(chunk)
+                    self.size += len(chunk)
+        report(self.size)
+
+    def restart(self) -> None:
+        """Start the file over (the server ignored our Range)."""
+        self.report(-self.size)
+        self.target.write_bytes(b"")
+        self.hasher, self.size = hashlib.sha256(), 0
+
+    def write_from(self, chunks: Iterable[bytes]) -> None:
+        """Append every chunk as received (so an interruption keeps every byte we got)."""
+        with self.target.open("ab") as fh:
+            try:
+                for chunk in chunks:
+                    fh.write(chunk)
+                    self.hasher.update(chunk)
+                    self.size += len(chunk)
+                    self.fetched += len(chunk)
+                    self.report(len(chunk))
+            finally:
+                fh.flush()
+                os.fsync(fh.fileno())
+
+
+# Streams blob ``digest`` (``size`` bytes) into the sink, from ``sink.size`` on.
+Download = Callable[[str, Sink, int], None]
+
+
+def download_folder(
+    files: Sequence[Mapping[str, Any]], dest: Path, key: str, download: Download,
+    report: Reporter, *, overwrite: bool = False,
+) -> int:
+    """Make ``dest`` hold exactly ``files`` (``{path, digest, size}``), verified; return the
+    bytes downloaded. ``key`` names the partial folder an interrupted run resumes from (e.g.
+    the manifest digest), so a different file set never reuses it."""
+    check_dest(dest, overwrite)
+    partial = dest.parent / f".{dest.name}.partial-{key}"
+    partial.mkdir(parents=True, exist_ok=True)
+    report.start(sum(int(f["size"]) for f in files))
+    downloaded = sum(fetch_file(f, partial, report, download) for f in files)
+    prune(partial, {normalize_path(f["path"]) for f in files})
+    install(partial, dest, overwrite)
+    return downloaded
+
+
+def fetch_file(entry: Mapping[str, Any], root: Path, report: Reporter, download: Download) -> int:
+    """Make ``root/<path>`` hold the verified file; return the bytes downloaded."""
+    path, digest, size = normalize_path(entry["path"]), entry["digest"], int(entry["size"])
+    target = root.joinpath(*path.split("/"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if is_complete(target, digest, size):
+        report(size)
+        return 0
+    sink = Sink(target, report)
+    download(digest, sink, size)
+    actual = sink.hasher.hexdigest()
+    if actual != digest or sink.size != size:
+        target.unlink(missing_ok=True)
+        raise errors.DigestMismatch(
+            f"{path}: downloaded {sink.size} bytes hashing to {actual}, expected {size} "
+            f"bytes of {digest}; the file was removed",
+            path=path, expected=digest, actual=actual,
+        )
+    return sink.fetched
+
+
+def is_complete(target: Path, digest: str, size: int) -> bool:
+    """True if ``target`` already holds the file; a wrong full-size file is deleted."""
+    if not target.is_file():
+        return False
+    have = target.stat().st_size
+    if have == size and sha256_file(target) == digest:
+        return True
+    if have >= size:
+        target.unlink()
+    return False
+
+
+def range_start(status_code: int, content_range: str | None) -> int:
+    """First byte of a download answer: 0 for a full (200) answer, the start of a 206 answer's
+    ``Content-Range`` (-1 if unreadable)."""
+    if status_code != 206:
+        return 0
+    unit, _, spec = (content_range or "").partition(" ")
+    start = spec.partition("-")[0]
+    return int(start) if unit == "bytes" and start.isdigit() else -1
+
+
+def check_dest(dest: Path, overwrite: bool) -> None:
+    if (dest.exists() or dest.is_symlink()) and not overwrite:
+        raise errors.Conflict(f"{dest} already exists; pass overwrite (--force) to replace it")
+
+
+def prune(root: Path, keep: set[str]) -> None:
+    """Remove files a previous attempt left in the partial folder that are not in the manifest."""
+    for rel, file in list(iter_folder(root)):
+        if rel not in keep:
+            file.unlink()
+    for dirpath, _dirs, _files in sorted(os.walk(root), reverse=True):
+        if Path(dirpath) != root and not any(Path(dirpath).iterdir()):
+            Path(dirpath).rmdir()
+
+
+def install(partial: Path, dest: Path, overwrite: bool) -> None:
+    """Rename the finished folder into place; an old ``dest`` is swapped out, then deleted."""
+    check_dest(dest, overwrite)
+    if not (dest.exists() or dest.is_symlink()):
+        partial.rename(dest)
+        return
+    backup = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
+    dest.rename(backup)
+    try:
+        partial.rename(dest)
+    except OSError:
+        backup.rename(dest)
+        raise
+    if backup.is_dir() and not backup.is_symlink():
+        shutil.rmtree(backup)
+    else:
+        backup.unlink()
