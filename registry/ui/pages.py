@@ -1,0 +1,163 @@
+"""Read pages: adapters, namespaces, an adapter, a version, a channel, jobs, the audit log.
+
+Each handler checks the same permission the matching API route checks, reads through the
+services (and :mod:`registry.ui.queries`) in one transaction, and renders one template.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from registry.api.routes.adapters import parse_labels
+from registry.errors import NotFound
+from registry.models import Rollout
+from registry.refs import Ref, check_namespace, parse_adapter_name
+from registry.services import adapters, audit, channels, jobs, metrics, profiles, rollouts, versions
+from registry.services.versions import VersionQuery
+from registry.ui import figures, queries
+from registry.ui.rendering import UICtx, UIRoute, render
+
+router = APIRouter(prefix="/ui", route_class=UIRoute, include_in_schema=False)
+Limit = Annotated[int, Query(ge=1, le=200)]
+Labels = Annotated[list[str], Query()]
+
+
+@router.get("")
+@router.get("/adapters")
+def adapter_list(
+    request: Request, ctx: UICtx, q: str | None = None, namespace: str | None = None,
+    label: Labels = [],  # noqa: B006 - FastAPI copies query defaults per request
+    base: str | None = None, sort: str = "updated_at", cursor: str | None = None,
+    limit: Limit = 50,
+) -> Response:
+    if namespace:
+        check_namespace(namespace)
+    flt = queries.AdapterFilter(scope=ctx.principal.scope, namespace=namespace,
+                                labels=parse_labels(label), query=q, base=base, sort=sort)
+    with ctx.tx() as session:
+        page = queries.adapters(session, flt, cursor=cursor, limit=limit)
+        spaces = queries.namespaces(session, ctx.principal.scope)
+        return render(request, "adapters.html", page=page, namespaces=spaces, flt=flt,
+                      labels=label, cursor=cursor)
+
+
+@router.get("/namespaces")
+def namespace_list(request: Request, ctx: UICtx) -> Response:
+    with ctx.tx() as session:
+        rows = queries.namespaces(session, ctx.principal.scope)
+        return render(request, "namespaces.html", rows=rows)
+
+
+@router.get("/adapters/{ns}/{name}")
+def adapter_page(
+    request: Request, ns: str, name: str, ctx: UICtx, sort: str = "version",
+    order: str = "desc", status: str | None = None, cursor: str | None = None,
+    limit: Limit = 50,
+) -> Response:
+    full = "/".join(parse_adapter_name(f"{ns}/{name}"))
+    ctx.require("read", ns)
+    query = VersionQuery(adapter=full, scope=ctx.principal.scope, status=status or None,
+                         sort=sort, descending=order != "asc")
+    with ctx.tx() as session:
+        adapter = adapters.get_adapter(session, full)
+        points = queries.version_points(session, adapter.id)
+        keys = queries.metric_keys(points)
+        page = versions.list_versions(session, query, cursor=cursor, limit=limit)
+        return render(
+            request, "adapter.html", adapter=adapter, page=page, keys=keys,
+            latest=metrics.latest(session, [v.id for v in page.items]),
+            charts=[figures.metric_chart(k, points) for k in keys],
+            in_channels=queries.version_channels(session, adapter.id),
+            channels=queries.channel_badges(session, adapter.id),
+            sort=sort, order="asc" if order == "asc" else "desc", status=status,
+            cursor=cursor, total=adapter.next_version - 1)
+
+
+@router.get("/adapters/{ns}/{name}/versions/{number}")
+def version_page(request: Request, ns: str, name: str, number: int, ctx: UICtx) -> Response:
+    parse_adapter_name(f"{ns}/{name}")
+    ctx.require("read", ns)
+    with ctx.tx() as session:
+        version = versions.get_version(session, Ref(ns, name, version=number))
+        ref = f"{ns}/{name}@{version.number}"
+        return render(
+            request, "version.html", version=version, ref=ref,
+            latest=metrics.latest(session, [version.id])[version.id],
+            history=metrics.history(session, version),
+            artifacts=queries.artifacts(session, version.id),
+            jobs=queries.jobs_for(session, ref),
+            trail=queries.audit_for(session, "version", ref),
+            in_channels=queries.version_channels(session, version.adapter_id).get(
+                version.id, []),
+            channels=queries.channel_badges(session, version.adapter_id),
+            vllm=profiles.vllm_problems(version.peft_config, profiles.VLLM_MAX_RANK))
+
+
+@router.get("/adapters/{ns}/{name}/channels/{channel}")
+def channel_page(
+    request: Request, ns: str, name: str, channel: str, ctx: UICtx,
+    rollout: int | None = None, cursor: str | None = None,
+) -> Response:
+    full = "/".join(parse_adapter_name(f"{ns}/{name}"))
+    ctx.require("read", ns)
+    with ctx.tx() as session:
+        row = channels.get_channel(session, full, channel)
+        rollouts_list = queries.rollouts_of(session, row.id)
+        shown = _shown_rollout(rollouts_list, row.rollout_id, rollout)
+        evaluations = rollouts.evaluations(session, shown) if shown else []
+        history = channels.history(session, row, cursor=cursor, limit=50)
+        active = next((r for r in rollouts_list if r.id == row.rollout_id), None)
+        return render(
+            request, "channel.html", channel=row, adapter=row.adapter, history=history,
+            rollouts=rollouts_list, shown=shown, active=active, evaluations=evaluations,
+            gate_charts=figures.gate_charts(evaluations), cursor=cursor,
+            rollback_to=queries.rollback_target(session, row))
+
+
+def _shown_rollout(rows: list[Rollout], active: int | None, asked: int | None
+                   ) -> Rollout | None:
+    wanted = asked or active
+    if wanted is None:
+        return rows[0] if rows else None
+    found = next((r for r in rows if r.id == wanted), None)
+    if found is None:
+        raise NotFound(f"rollout {wanted} is not one of this channel's last rollouts")
+    return found
+
+
+@router.get("/jobs")
+def job_list(request: Request, ctx: UICtx, status: str | None = None, kind: str | None = None,
+             cursor: str | None = None, limit: Limit = 50) -> Response:
+    scope = ctx.principal.scope
+    with ctx.tx() as session:
+        counts = queries.job_counts(session, scope)
+        if status:
+            page = jobs.list_jobs(session, scope=scope, status=status, kind=kind or None,
+                                  cursor=cursor, limit=limit)
+            return render(request, "jobs.html", counts=counts, status=status, page=page,
+                          sections=[], kind=kind, cursor=cursor)
+        sections = [(title, s, jobs.list_jobs(session, scope=scope, status=s,
+                                              kind=kind or None, limit=n).items)
+                    for title, s, n in (("Running", "running", 100), ("Queued", "queued", 50),
+                                        ("Failed", "failed", 25),
+                                        ("Recently succeeded", "succeeded", 10))]
+        return render(request, "jobs.html", counts=counts, status=None, page=None,
+                      sections=sections, kind=kind, cursor=None)
+
+
+@router.get("/audit")
+def audit_log(
+    request: Request, ctx: UICtx, namespace: str | None = None, actor: str | None = None,
+    action: str | None = None, target: str | None = None, cursor: str | None = None,
+    limit: Limit = 50,
+) -> Response:
+    with ctx.tx() as session:
+        page = audit.list_events(session, namespaces=ctx.principal.scope,
+                                 namespace=namespace or None, actor=actor or None,
+                                 action=action or None, target=target or None,
+                                 cursor=cursor, limit=limit)
+        return render(request, "audit.html", page=page, cursor=cursor,
+                      filters={"namespace": namespace or "", "actor": actor or "",
+                               "action": action or "", "target": target or ""})

@@ -1,0 +1,120 @@
+"""The browser session of the UI: the token cookie, CSRF tokens and the Origin check.
+
+* Signing in stores the API token in the ``lorareg_token`` cookie: ``HttpOnly`` (scripts
+  cannot read it), ``SameSite=Strict`` (other sites' requests do not carry it), ``Path=/ui``
+  (only UI requests carry it: the JSON API never sees it, so a browser session cannot be used
+  against the API from another page) and ``Secure`` when the request came over HTTPS.
+  ``registry.api.deps.get_ctx`` reads it, so the UI has the same roles and namespace scopes
+  as the API.
+* Every form that changes something carries a CSRF token, ``HMAC-SHA256(key=sha256(session
+  secret), "lorareg-ui-csrf")``, where the session secret is the API token the request
+  authenticates with. Another site cannot read the cookie, so it cannot compute the token;
+  the token reveals nothing about the API token. Without a token (embedded mode, no sign-in)
+  the session secret is a random nonce kept in the ``lorareg_csrf`` cookie (same flags).
+* Every POST must also come from our own origin: its ``Origin`` (or, failing that,
+  ``Referer``) must name the host the request was sent to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from urllib.parse import parse_qsl, urlsplit
+
+from fastapi import Request, Response
+
+from registry.errors import BadRequest, PayloadTooLarge, PermissionDenied
+
+TOKEN_COOKIE = "lorareg_token"  # noqa: S105 - a cookie name, not a secret
+NONCE_COOKIE = "lorareg_csrf"
+COOKIE_PATH = "/ui"
+CSRF_FIELD = "csrf_token"
+MAX_FORM_BYTES = 64 * 1024
+_CSRF_CONTEXT = b"lorareg-ui-csrf"
+
+
+def presented_token(request: Request) -> str | None:
+    """The API token this request authenticates with (as ``get_ctx`` reads it)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(TOKEN_COOKIE) or None
+
+
+def session_secret(request: Request) -> str | None:
+    return presented_token(request) or request.cookies.get(NONCE_COOKIE) or None
+
+
+def csrf_for(secret: str) -> str:
+    key = hashlib.sha256(secret.encode()).digest()
+    return hmac.new(key, _CSRF_CONTEXT, hashlib.sha256).hexdigest()
+
+
+def is_https(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def set_cookie(response: Response, request: Request, name: str, value: str) -> None:
+    response.set_cookie(name, value, path=COOKIE_PATH, httponly=True, samesite="strict",
+                        secure=is_https(request))
+
+
+def clear_cookie(response: Response, request: Request, name: str) -> None:
+    response.delete_cookie(name, path=COOKIE_PATH, httponly=True, samesite="strict",
+                           secure=is_https(request))
+
+
+def new_nonce() -> str:
+    """A fresh CSRF secret for a browser without a token (set with :func:`set_cookie`)."""
+    return secrets.token_urlsafe(32)
+
+
+def check_origin(request: Request) -> None:
+    """Refuse a POST that does not come from a page of this server."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source or source == "null":
+        raise PermissionDenied("refused: the request names no Origin (cross-site request?)")
+    host = request.headers.get("host", "")
+    if urlsplit(source).netloc.lower() != host.lower():
+        raise PermissionDenied("refused: the request comes from another origin")
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    if len(body) > MAX_FORM_BYTES:
+        raise PayloadTooLarge(f"form body exceeds {MAX_FORM_BYTES} bytes")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("form body is not UTF-8") from exc
+    try:
+        return dict(parse_qsl(text, keep_blank_values=True, max_num_fields=100))
+    except ValueError as exc:  # more fields than any of our forms has
+        raise BadRequest("form has too many fields") from exc
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """The urlencoded form of a POST (the UI's forms use no other encoding)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise BadRequest("expected an HTML form (application/x-www-form-urlencoded)")
+    return parse_form(await request.body())
+
+
+async def checked_form(request: Request) -> dict[str, str]:
+    """A dependency for every state-changing POST: same origin, then a valid CSRF token."""
+    check_origin(request)
+    form = await read_form(request)
+    secret = session_secret(request)
+    sent = form.get(CSRF_FIELD, "")
+    if secret is None or not hmac.compare_digest(sent.encode(), csrf_for(secret).encode()):
+        raise PermissionDenied("refused: the form's CSRF token is missing or wrong; reload "
+                               "the page and try again")
+    return form
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: only a path of the UI (no open redirect)."""
+    if target and target.startswith("/ui") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ui"
