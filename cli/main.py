@@ -6,10 +6,11 @@ Exit codes (also in ``lorareg --help``):
 0     success
 1     usage error (bad flags or arguments), local file error, Ctrl-C
 2     not found
-3     conflict (already exists, revision mismatch, already yanked)
+3     conflict (already exists, revision mismatch, cancelled job, aborted rollout)
 4     invalid input, invalid adapter or incompatible base
 5     authentication or permission failure
-6     server or network failure
+6     server or network failure (also a job that failed otherwise, a wait that timed out)
+7     a ``lorareg gate`` requirement is not met
 ====  ==============================================================
 
 An expected failure prints exactly one line, ``error: <detail>``, on stderr (with ``--json``
@@ -57,10 +58,11 @@ Exit codes:
   0  success
   1  usage error (bad flags or arguments), local file error, interrupted
   2  not found
-  3  conflict (already exists, revision mismatch, already yanked)
+  3  conflict (already exists, revision mismatch, cancelled job, aborted rollout)
   4  invalid input, invalid adapter or incompatible base
   5  authentication or permission failure
-  6  server or network failure
+  6  server or network failure (also a failed job, a wait that timed out)
+  7  a 'lorareg gate' requirement is not met
 """
 
 
