@@ -6,7 +6,7 @@ import click
 
 from cli import output
 from cli.app import App, json_option, pass_app
-from cli.params import parse_duration
+from cli.params import Duration
 
 
 @click.group()
@@ -97,14 +97,14 @@ def redeliver(app: App, delivery_id: int) -> None:
 
 
 @click.command()
-@click.option("--grace", default="24h", show_default=True,
+@click.option("--grace", type=Duration(allow_zero=True), default="24h", show_default=True,
               help="Keep blobs stored or offered within this long (e.g. 24h, 30m).")
 @click.option("--dry-run", is_flag=True, help="Report what would go; delete nothing.")
 @json_option
 @pass_app
-def gc(app: App, grace: str, dry_run: bool) -> None:
+def gc(app: App, grace: float, dry_run: bool) -> None:
     """Delete blobs nothing refers to, older than the grace period; report bytes reclaimed."""
-    report = app.client().gc(grace_seconds=int(parse_duration(grace)), dry_run=dry_run)
+    report = app.client().gc(grace_seconds=int(grace), dry_run=dry_run)
     if app.json:
         output.emit_json(report)
         return

@@ -94,7 +94,7 @@ _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, *, allow_zero: bool = False) -> float:
     """``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"`` or plain seconds (``"45"``) -> seconds."""
     value = text.strip().lower()
     if re.fullmatch(r"\d+(?:\.\d+)?", value):
@@ -103,7 +103,7 @@ def parse_duration(text: str) -> float:
         seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_RE.findall(value))
     else:
         raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 2h or 1h30m")
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError(f"{text!r} must be longer than zero")
     return seconds
 
@@ -113,11 +113,14 @@ class Duration(click.ParamType[float]):
 
     name = "duration"
 
+    def __init__(self, *, allow_zero: bool = False) -> None:
+        self.allow_zero = allow_zero
+
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         try:
-            return parse_duration(str(value))
+            return parse_duration(str(value), allow_zero=self.allow_zero)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)

@@ -10,7 +10,7 @@ import click
 
 from cli import output
 from cli.app import App, json_option, pass_app
-from cli.params import parse_duration
+from cli.params import Duration
 from registry import errors
 from registry.client import Client
 from registry.client_jobs import job_error
@@ -88,17 +88,18 @@ def _num(value: float | None) -> str:
 
 @click.command()
 @click.argument("target", metavar="job:ID|rollout:ID|ID")
-@click.option("--timeout", default="30m", show_default=True, help="Give up after (e.g. 30m).")
+@click.option("--timeout", type=Duration(), default="30m", show_default=True,
+              help="Give up after (e.g. 30m).")
 @json_option
 @pass_app
-def wait(app: App, target: str, timeout: str) -> None:
+def wait(app: App, target: str, timeout: float) -> None:
     """Block until a job or rollout finishes. Exit 0 on success (job succeeded, rollout
     promoted); 3 if cancelled/aborted; 4 or 6 if the job failed (bad input / otherwise);
     6 on timeout. A bare ID is a job."""
     kind, _, ident = target.rpartition(":")
     if kind not in ("", "job", "rollout") or not ident.isdigit():
         raise click.BadParameter("expected job:ID, rollout:ID or ID", param_hint="TARGET")
-    seconds = parse_duration(timeout)
+    seconds = timeout
     if kind == "rollout":
         final = _wait_rollout(app, int(ident), seconds)
     else:
