@@ -2,46 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import click
 
-from cli import output
-
-DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+from cli import output, params
 
 
-def parse_duration(text: str) -> int:
-    """``"90"``, ``"90s"``, ``"10m"``, ``"2h"``, ``"1h30m"``, ``"1d"`` -> whole seconds (> 0)."""
-    compact = text.strip().lower().replace(" ", "")
-    pos, total = 0, 0.0
-    for match in DURATION_RE.finditer(compact):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if not compact or pos != len(compact):
-        raise ValueError(f"{text!r} is not a duration like 30s, 10m, 2h or 1h30m")
-    if total < 1 or total != int(total):
-        raise ValueError(f"{text!r} must be a whole number of seconds, at least 1s")
-    return int(total)
-
-
-class Duration(click.ParamType[int, Any]):
-    """A duration option: ``30s``, ``10m``, ``2h``, ``1h30m`` or plain seconds."""
-
-    name = "duration"
+class Duration(params.Duration):
+    """A duration option in whole seconds (``30s``, ``10m``, ``1h30m``): rollout intervals
+    and deadlines are kept to the second."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-                ) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+                ) -> float:
+        seconds = super().convert(value, param, ctx)
+        if seconds < 1 or seconds != int(seconds):
+            self.fail(f"{value!r} must be a whole number of seconds, at least 1s", param, ctx)
+        return int(seconds)
 
 
 class Steps(click.ParamType[list[int], Any]):

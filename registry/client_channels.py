@@ -15,16 +15,14 @@ is read (:meth:`ChannelsMixin.pin_channel`; ``Client.version``, ``Client.pull`` 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from registry import errors
-from registry.client_core import Core, adapter_path, query, version_path
+from registry.client_core import Core, adapter_path, poll_until, query, version_path
 from registry.refs import Ref, check_channel, check_namespace, parse_ref
 
 FINAL_ROLLOUT_STATUSES = frozenset({"promoted", "aborted"})
-POLL_MIN, POLL_MAX, POLL_GROWTH = 0.2, 2.0, 1.5
 
 
 def channel_ref(ref: str) -> Ref:
@@ -159,21 +157,8 @@ class ChannelsMixin:
         """Poll a rollout (every 0.2 s, backing off to 2 s) until it is promoted or aborted,
         or ``timeout`` seconds have passed; return the last rollout seen (check its
         ``status``). ``progress`` hears every poll."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = POLL_MIN
-        while True:
-            rollout: dict[str, Any] = self._get(f"/api/v1/rollouts/{int(rollout_id)}")
-            if progress is not None:
-                progress(rollout)
-            if rollout["status"] in FINAL_ROLLOUT_STATUSES:
-                return rollout
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return rollout
-                delay = min(delay, left)
-            self.sleep(delay)
-            delay = min(delay * POLL_GROWTH, POLL_MAX)
+        return poll_until(self, f"/api/v1/rollouts/{int(rollout_id)}", FINAL_ROLLOUT_STATUSES,
+                          timeout, progress)
 
     # -- live metrics --------------------------------------------------------------------
 

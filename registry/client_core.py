@@ -7,6 +7,7 @@ and version methods that ``Client`` itself defines.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -84,3 +85,29 @@ def version_path(ref: str, *, explicit: bool = False) -> str:
         raise errors.BadRequest(f"{ref}: name an explicit version, e.g. {r.adapter}@3")
     sel = "latest" if r.version is None else str(r.version)
     return f"{adapter_path(r.adapter)}/versions/{sel}"
+
+
+POLL_MIN, POLL_MAX, POLL_GROWTH = 0.2, 2.0, 1.5
+
+
+def poll_until(
+    client: Core, path: str, final: frozenset[str], timeout: float | None,
+    progress: Callable[[dict[str, Any]], object] | None,
+) -> dict[str, Any]:
+    """GET ``path`` (every 0.2 s, backing off to 2 s) until its ``status`` is in ``final`` or
+    ``timeout`` seconds have passed; the last document seen. ``progress`` hears every poll."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = POLL_MIN
+    while True:
+        doc: dict[str, Any] = client._get(path)
+        if progress is not None:
+            progress(doc)
+        if doc["status"] in final:
+            return doc
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return doc
+            delay = min(delay, left)
+        client.sleep(delay)
+        delay = min(delay * POLL_GROWTH, POLL_MAX)

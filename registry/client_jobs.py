@@ -15,15 +15,13 @@ for one that exhausted its retries; still running -> RegistryError (the wait tim
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from registry import errors
-from registry.client_core import Core, query, version_path
+from registry.client_core import Core, poll_until, query, version_path
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-POLL_MIN, POLL_MAX, POLL_GROWTH = 0.2, 2.0, 1.5
 
 
 class JobsMixin:
@@ -70,21 +68,7 @@ class JobsMixin:
         """Poll a job (every 0.2 s, backing off to 2 s) until it is succeeded, failed or
         cancelled, or ``timeout`` seconds have passed; return the last job seen (check its
         ``status``, or pass it to :func:`job_error`). ``progress`` hears every poll."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = POLL_MIN
-        while True:
-            job: dict[str, Any] = self._get(f"/api/v1/jobs/{int(job_id)}")
-            if progress is not None:
-                progress(job)
-            if job["status"] in FINAL_STATUSES:
-                return job
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return job
-                delay = min(delay, left)
-            self.sleep(delay)
-            delay = min(delay * POLL_GROWTH, POLL_MAX)
+        return poll_until(self, f"/api/v1/jobs/{int(job_id)}", FINAL_STATUSES, timeout, progress)
 
 
 def job_error(job: Mapping[str, Any]) -> errors.RegistryError | None:

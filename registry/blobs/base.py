@@ -261,10 +261,35 @@ def _write_atomically(path: Path, chunks: Iterator[bytes], progress: Progress | 
 
 
 class _VerifiedReads(ABC):
-    """Reads that check the sha256, shared by both stores; built on ``open``."""
+    """What both stores share: ``put`` (verify, skip what is stored) and reads that check the
+    sha256; built on ``exists``, ``stat``, ``open`` and each store's ``_store``."""
 
     @abstractmethod
     def open(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
+
+    @abstractmethod
+    def exists(self, digest: str) -> bool: ...
+
+    @abstractmethod
+    def stat(self, digest: str) -> BlobInfo: ...
+
+    @abstractmethod
+    def _store(self, intake: _Intake) -> str:
+        """Store a new blob from ``intake``, visible only once verified; its digest."""
+
+    def put(
+        self,
+        reader: SupportsRead,
+        *,
+        digest: str | None = None,
+        size: int | None = None,
+        progress: Progress | None = None,
+    ) -> BlobInfo:
+        intake = _Intake(reader, digest, size, progress)
+        if intake.declared is not None and self.exists(intake.declared):
+            intake.drain()  # still read and check what the caller sent
+            return self.stat(intake.declared)
+        return self.stat(self._store(intake))
 
     def read_verified(self, digest: str) -> Iterator[bytes]:
         """All chunks; raises DigestMismatch after the last one if they do not hash to digest."""

@@ -15,8 +15,6 @@ from registry.blobs.base import (
     CONTENT_PREFIX,
     UPLOADS_PREFIX,
     BlobInfo,
-    Progress,
-    SupportsRead,
     _aware,
     _check_range,
     _clamp_range,
@@ -86,20 +84,6 @@ class LocalBlobStore(_VerifiedReads):
 
     def path_for(self, digest: str) -> Path:
         return self.root / content_key(digest)
-
-    def put(
-        self,
-        reader: SupportsRead,
-        *,
-        digest: str | None = None,
-        size: int | None = None,
-        progress: Progress | None = None,
-    ) -> BlobInfo:
-        intake = _Intake(reader, digest, size, progress)
-        if intake.declared is not None and self.exists(intake.declared):
-            intake.drain()
-            return self.stat(intake.declared)
-        return self.stat(self._store(intake))
 
     def _store(self, intake: _Intake) -> str:
         staging = self.root / _upload_key()

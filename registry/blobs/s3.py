@@ -33,8 +33,6 @@ from registry.blobs.base import (
     MIN_PART_SIZE,
     UPLOADS_PREFIX,
     BlobInfo,
-    Progress,
-    SupportsRead,
     _aware,
     _check_range,
     _clamp_range,
@@ -237,25 +235,12 @@ class S3BlobStore(_VerifiedReads):
     def key_for(self, digest: str) -> str:
         return self._key(content_key(digest))
 
-    def put(
-        self,
-        reader: SupportsRead,
-        *,
-        digest: str | None = None,
-        size: int | None = None,
-        progress: Progress | None = None,
-    ) -> BlobInfo:
-        intake = _Intake(reader, digest, size, progress)
-        if intake.declared is not None and self.exists(intake.declared):
-            intake.drain()
-            return self.stat(intake.declared)
+    def _store(self, intake: _Intake) -> str:
         chunks = intake.chunks()
         head, ended = _gather(chunks, self.multipart_threshold)
         if ended:
-            actual = self._put_small(intake, bytes(head))
-        else:
-            actual = self._put_multipart(intake, head, chunks)
-        return self.stat(actual)
+            return self._put_small(intake, bytes(head))
+        return self._put_multipart(intake, head, chunks)
 
     def _put_small(self, intake: _Intake, data: bytes) -> str:
         actual = intake.finish()
