@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from registry.errors import NotFound
 from registry.ui import actions, login, pages
-from registry.ui.rendering import UIRoute
+from registry.ui.rendering import UICtx, UIRoute
 
 STATIC_DIR = Path(__file__).parent / "static"
 fallback = APIRouter(route_class=UIRoute, include_in_schema=False)
@@ -26,7 +26,7 @@ def root() -> RedirectResponse:
 
 
 @fallback.api_route("/ui/{path:path}", methods=["GET", "POST"])
-def unknown(path: str) -> None:
+def unknown(path: str, ctx: UICtx) -> None:
     raise NotFound(f"there is no page at /ui/{path}")
 
 

@@ -73,9 +73,8 @@ def yank_confirm(request: Request, ns: str, name: str, number: int, ctx: UICtx) 
     ctx.require("write", ns)
     with ctx.tx() as s:
         version = versions.get_version(s, Ref(ns, name, version=number))
-        return render(request, "confirm_yank.html", version=version,
-                      in_channels=queries.version_channels(s, version.adapter_id).get(
-                          version.id, []))
+        serving = queries.version_channels(s, version.adapter_id).get(version.id, [])
+    return render(request, "confirm_yank.html", version=version, in_channels=serving)
 
 
 @router.post("/adapters/{ns}/{name}/versions/{number}/yank")
@@ -99,8 +98,8 @@ def promote_confirm(request: Request, ns: str, name: str, number: int, ctx: UICt
     with ctx.tx() as s:
         version = versions.get_version(s, Ref(ns, name, version=number))
         existing = {c.name: c for c in channels.list_channels(s, f"{ns}/{name}")}
-        return render(request, "confirm_promote.html", version=version, target=channel,
-                      current=existing.get(channel), spec=RolloutSpec())
+    return render(request, "confirm_promote.html", version=version, target=channel,
+                  current=existing.get(channel), spec=RolloutSpec())
 
 
 @router.post("/adapters/{ns}/{name}/versions/{number}/promote")
@@ -147,7 +146,7 @@ def rollback_confirm(request: Request, ns: str, name: str, channel: str, ctx: UI
     with ctx.tx() as s:
         row = channels.get_channel(s, f"{ns}/{name}", channel)
         target = to or queries.rollback_target(s, row)
-        return render(request, "confirm_rollback.html", channel=row, target=target)
+    return render(request, "confirm_rollback.html", channel=row, target=target)
 
 
 @router.post("/adapters/{ns}/{name}/channels/{channel}/rollback")
@@ -158,7 +157,7 @@ def rollback(ns: str, name: str, channel: str, form: Form, ctx: UICtx) -> Respon
     chg = _change(ctx, ns, form)
     to_version = _opt_int(form.get("to_version", ""), "target version")
     with ctx.tx() as s:
-        row = channels.get_channel(s, f"{ns}/{name}", channel, for_update=True)
+        row = channels.get_channel(s, f"{ns}/{name}", channel)  # locked by rollback
         rollouts.rollback(s, row, chg, to_version)
     ctx.state.resolve.invalidate(f"{ns}/{name}", channel)
     return _done(f"/ui/adapters/{ns}/{name}/channels/{channel}", "rolledback")
@@ -174,8 +173,8 @@ def control_confirm(request: Request, rollout_id: int, action: str, ctx: UICtx) 
     with ctx.tx() as s:
         rollout = rollouts.get_rollout(s, rollout_id)
         ctx.require("promote", rollout.channel.adapter.namespace.name)
-        return render(request, "confirm_control.html", rollout=rollout, action=action,
-                      channel=rollout.channel)
+    return render(request, "confirm_control.html", rollout=rollout, action=action,
+                  channel=rollout.channel)
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
@@ -202,7 +201,7 @@ def cancel_confirm(request: Request, job_id: int, ctx: UICtx) -> Response:
     with ctx.tx() as s:
         job = jobs.get_job(s, job_id)
         ctx.require("write", job.namespace)
-        return render(request, "confirm_cancel.html", job=job)
+    return render(request, "confirm_cancel.html", job=job)
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -88,9 +88,11 @@ def nice_ticks(lo: float, hi: float, count: int = 5, *, integer: bool = False) -
         lo, hi = hi, lo
     if hi == lo:
         return [lo]
-    raw = (hi - lo) / max(count - 1, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    intervals = max(count - 1, 1)
+    magnitude = 10 ** math.floor(math.log10((hi - lo) / intervals))
+    # The 1-2-5 step whose number of intervals is closest to the one asked for.
+    step = min((m * magnitude for m in (1, 2, 5, 10)),
+               key=lambda st: abs((hi - lo) / st - intervals))
     if integer:
         step = max(1.0, float(math.ceil(step)))
     first = math.ceil(lo / step - 1e-9) * step
@@ -107,9 +109,13 @@ def _padded(lo: float, hi: float, axis: Axis) -> tuple[float, float]:
         pad = 0.5 if axis.integer else (hi - lo) * 0.08
         return lo - pad, hi + pad
     if axis.integer:
-        return lo - 1, hi + 1
+        return lo - 0.5, hi + 0.5
     spread = axis.span / 2 or abs(lo) * 0.05 or 1.0
     return lo - spread, hi + spread
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
 
 
 def _f(value: float) -> str:
@@ -126,12 +132,13 @@ def line_chart(
     clean = [Series(s.name, [p for p in s.points if math.isfinite(p.x) and math.isfinite(p.y)],
                     s.dashed, s.markers) for s in series]
     points = [p for s in clean for p in s.points]
+    shown_title = _clip(title, 60 if len(series) < 2 else 40)  # leave room for a legend
     head = (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} '
             f'{height}" width="{width}" height="{height}" role="img" '
             f'data-chart="{escape(chart_id)}" data-points="{len(points)}">'
             f"<title>{escape(title)}</title>"
             f'<text class="chart-title" x="{MARGIN_LEFT}" y="16" font-size="13" '
-            f'font-weight="600" fill="#0f172a">{escape(title)}</text>')
+            f'font-weight="600" fill="#0f172a">{escape(shown_title)}</text>')
     if not points:
         body = (f'<text class="chart-empty" x="{width / 2:.0f}" y="{height / 2:.0f}" '
                 f'text-anchor="middle" font-size="12" fill="#64748b">{escape(empty)}</text>')
@@ -172,7 +179,8 @@ def _axes(frame: _Frame, x_axis: Axis, y_axis: Axis) -> list[str]:
     if y_axis.label:
         mid = (frame.top + frame.bottom) / 2
         out.append(f'<text class="axis-label" x="12" y="{mid:.0f}" text-anchor="middle" '
-                   f'transform="rotate(-90 12 {mid:.0f})">{escape(y_axis.label)}</text>')
+                   f'transform="rotate(-90 12 {mid:.0f})">{escape(_clip(y_axis.label, 24))}'
+                   "</text>")
     out.append("</g>")
     return out
 
@@ -181,6 +189,9 @@ def _series(frame: _Frame, s: Series, index: int) -> list[str]:
     color = PALETTE[index % len(PALETTE)]
     ordered = sorted(s.points, key=lambda p: p.x)
     coords = " ".join(f"{_f(frame.px(p.x))},{_f(frame.py(p.y))}" for p in ordered)
+    if len(ordered) == 1 and not s.markers:  # one reference value: a level line across
+        level = _f(frame.py(ordered[0].y))
+        coords = f"{frame.left},{level} {frame.right},{level}"
     dash = ' stroke-dasharray="5 4"' if s.dashed else ""
     out = [f'<g class="series s{index}" data-series="{escape(s.name)}">',
            f'<polyline class="line" points="{coords}" fill="none" stroke="{color}" '
@@ -201,7 +212,7 @@ def _legend(frame: _Frame, series: Sequence[Series]) -> list[str]:
     out = ['<g class="legend" font-size="11" fill="#334155">']
     x = float(frame.right)
     for index in reversed(range(len(series))):
-        name = series[index].name[:40]
+        name = _clip(series[index].name, 24)
         x -= 18 + 6.2 * len(name)
         color = PALETTE[index % len(PALETTE)]
         dash = ' stroke-dasharray="4 3"' if series[index].dashed else ""

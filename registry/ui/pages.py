@@ -1,12 +1,14 @@
 """Read pages: adapters, namespaces, an adapter, a version, a channel, jobs, the audit log.
 
 Each handler checks the same permission the matching API route checks, reads through the
-services (and :mod:`registry.ui.queries`) in one transaction, and renders one template.
+services (and :mod:`registry.ui.queries`) in one transaction, and renders one template after
+the transaction ends (every relationship the templates touch is loaded eagerly), so that on
+SQLite, where every transaction holds the write lock, rendering never holds it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -34,20 +36,22 @@ def adapter_list(
 ) -> Response:
     if namespace:
         check_namespace(namespace)
-    flt = queries.AdapterFilter(scope=ctx.principal.scope, namespace=namespace,
-                                labels=parse_labels(label), query=q, base=base, sort=sort)
+    label = [item for item in label if item.strip()]  # an empty filter field filters nothing
+    flt = queries.AdapterFilter(scope=ctx.principal.scope, namespace=namespace or None,
+                                labels=parse_labels(label), query=q or None, base=base or None,
+                                sort=sort)
     with ctx.tx() as session:
         page = queries.adapters(session, flt, cursor=cursor, limit=limit)
         spaces = queries.namespaces(session, ctx.principal.scope)
-        return render(request, "adapters.html", page=page, namespaces=spaces, flt=flt,
-                      labels=label, cursor=cursor)
+    return render(request, "adapters.html", page=page, namespaces=spaces, flt=flt,
+                  label_filter=label, cursor=cursor)
 
 
 @router.get("/namespaces")
 def namespace_list(request: Request, ctx: UICtx) -> Response:
     with ctx.tx() as session:
         rows = queries.namespaces(session, ctx.principal.scope)
-        return render(request, "namespaces.html", rows=rows)
+    return render(request, "namespaces.html", rows=rows)
 
 
 @router.get("/adapters/{ns}/{name}")
@@ -65,14 +69,15 @@ def adapter_page(
         points = queries.version_points(session, adapter.id)
         keys = queries.metric_keys(points)
         page = versions.list_versions(session, query, cursor=cursor, limit=limit)
-        return render(
-            request, "adapter.html", adapter=adapter, page=page, keys=keys,
-            latest=metrics.latest(session, [v.id for v in page.items]),
-            charts=[figures.metric_chart(k, points) for k in keys],
-            in_channels=queries.version_channels(session, adapter.id),
-            channels=queries.channel_badges(session, adapter.id),
-            sort=sort, order="asc" if order == "asc" else "desc", status=status,
-            cursor=cursor, total=adapter.next_version - 1)
+        values: dict[str, Any] = {
+            "adapter": adapter, "page": page, "keys": keys,
+            "latest": metrics.latest(session, [v.id for v in page.items]),
+            "in_channels": queries.version_channels(session, adapter.id),
+            "channels": queries.channel_badges(session, adapter.id)}
+    return render(request, "adapter.html", **values,
+                  charts=[figures.metric_chart(k, points) for k in keys],
+                  sort=sort, order="asc" if order == "asc" else "desc", status=status,
+                  cursor=cursor, total=adapter.next_version - 1)
 
 
 @router.get("/adapters/{ns}/{name}/versions/{number}")
@@ -82,17 +87,18 @@ def version_page(request: Request, ns: str, name: str, number: int, ctx: UICtx) 
     with ctx.tx() as session:
         version = versions.get_version(session, Ref(ns, name, version=number))
         ref = f"{ns}/{name}@{version.number}"
-        return render(
-            request, "version.html", version=version, ref=ref,
-            latest=metrics.latest(session, [version.id])[version.id],
-            history=metrics.history(session, version),
-            artifacts=queries.artifacts(session, version.id),
-            jobs=queries.jobs_for(session, ref),
-            trail=queries.audit_for(session, "version", ref),
-            in_channels=queries.version_channels(session, version.adapter_id).get(
+        values: dict[str, Any] = {
+            "version": version, "ref": ref,
+            "latest": metrics.latest(session, [version.id])[version.id],
+            "history": metrics.history(session, version),
+            "artifacts": queries.artifacts(session, version.id),
+            "jobs": queries.jobs_for(session, ref),
+            "trail": queries.audit_for(session, "version", ref),
+            "in_channels": queries.version_channels(session, version.adapter_id).get(
                 version.id, []),
-            channels=queries.channel_badges(session, version.adapter_id),
-            vllm=profiles.vllm_problems(version.peft_config, profiles.VLLM_MAX_RANK))
+            "channels": queries.channel_badges(session, version.adapter_id),
+            "vllm": profiles.vllm_problems(version.peft_config, profiles.VLLM_MAX_RANK)}
+    return render(request, "version.html", **values)
 
 
 @router.get("/adapters/{ns}/{name}/channels/{channel}")
@@ -108,12 +114,12 @@ def channel_page(
         shown = _shown_rollout(rollouts_list, row.rollout_id, rollout)
         evaluations = rollouts.evaluations(session, shown) if shown else []
         history = channels.history(session, row, cursor=cursor, limit=50)
-        active = next((r for r in rollouts_list if r.id == row.rollout_id), None)
-        return render(
-            request, "channel.html", channel=row, adapter=row.adapter, history=history,
-            rollouts=rollouts_list, shown=shown, active=active, evaluations=evaluations,
-            gate_charts=figures.gate_charts(evaluations), cursor=cursor,
-            rollback_to=queries.rollback_target(session, row))
+        rollback_to = queries.rollback_target(session, row)
+    active = next((r for r in rollouts_list if r.id == row.rollout_id), None)
+    return render(
+        request, "channel.html", channel=row, adapter=row.adapter, history=history,
+        rollouts=rollouts_list, shown=shown, active=active, evaluations=evaluations,
+        gate_charts=figures.gate_charts(evaluations), cursor=cursor, rollback_to=rollback_to)
 
 
 def _shown_rollout(rows: list[Rollout], active: int | None, asked: int | None
@@ -127,6 +133,10 @@ def _shown_rollout(rows: list[Rollout], active: int | None, asked: int | None
     return found
 
 
+JOB_SECTIONS = (("Running", "running", 100), ("Queued", "queued", 50), ("Failed", "failed", 25),
+                ("Recently succeeded", "succeeded", 10))
+
+
 @router.get("/jobs")
 def job_list(request: Request, ctx: UICtx, status: str | None = None, kind: str | None = None,
              cursor: str | None = None, limit: Limit = 50) -> Response:
@@ -136,15 +146,14 @@ def job_list(request: Request, ctx: UICtx, status: str | None = None, kind: str 
         if status:
             page = jobs.list_jobs(session, scope=scope, status=status, kind=kind or None,
                                   cursor=cursor, limit=limit)
-            return render(request, "jobs.html", counts=counts, status=status, page=page,
-                          sections=[], kind=kind, cursor=cursor)
-        sections = [(title, s, jobs.list_jobs(session, scope=scope, status=s,
-                                              kind=kind or None, limit=n).items)
-                    for title, s, n in (("Running", "running", 100), ("Queued", "queued", 50),
-                                        ("Failed", "failed", 25),
-                                        ("Recently succeeded", "succeeded", 10))]
-        return render(request, "jobs.html", counts=counts, status=None, page=None,
-                      sections=sections, kind=kind, cursor=None)
+            sections = []
+        else:
+            page = None
+            sections = [(title, s, jobs.list_jobs(session, scope=scope, status=s,
+                                                  kind=kind or None, limit=n).items)
+                        for title, s, n in JOB_SECTIONS]
+    return render(request, "jobs.html", counts=counts, status=status or None, page=page,
+                  sections=sections, kind=kind, cursor=cursor)
 
 
 @router.get("/audit")
@@ -158,6 +167,6 @@ def audit_log(
                                  namespace=namespace or None, actor=actor or None,
                                  action=action or None, target=target or None,
                                  cursor=cursor, limit=limit)
-        return render(request, "audit.html", page=page, cursor=cursor,
-                      filters={"namespace": namespace or "", "actor": actor or "",
-                               "action": action or "", "target": target or ""})
+    return render(request, "audit.html", page=page, cursor=cursor,
+                  filters={"namespace": namespace or "", "actor": actor or "",
+                           "action": action or "", "target": target or ""})

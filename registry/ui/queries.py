@@ -228,23 +228,17 @@ def rollouts_of(session: Session, channel_id: int, limit: int = 20) -> list[Roll
 
 
 def rollback_target(session: Session, channel: Channel) -> int | None:
-    """The version a plain rollback would restore (as ``rollouts.rollback`` chooses it)."""
+    """The version a plain rollback would restore, chosen as ``rollouts.rollback`` chooses it
+    (the confirmation page then posts that number, so the action does what it showed)."""
     current = channel.stable.number if channel.stable else None
     events = session.execute(
         select(ChannelEvent.from_stable, ChannelEvent.to_stable)
-        .where(ChannelEvent.channel_id == channel.id)
+        .where(ChannelEvent.channel_id == channel.id, ChannelEvent.action != "rollback")
         .order_by(ChannelEvent.id.desc()).limit(500))
-    for from_stable, to_stable in events:
+    for from_stable, to_stable in events:  # rolling back twice goes further back, not forth
         if to_stable == current and from_stable not in (None, current):
             return int(from_stable)
     return None
-
-
-def channel_counts(session: Session, channel_ids: Sequence[int]) -> dict[int, int]:
-    rows = session.execute(select(ChannelEvent.channel_id, func.count())
-                           .where(ChannelEvent.channel_id.in_(channel_ids))
-                           .group_by(ChannelEvent.channel_id))
-    return {cid: int(n) for cid, n in rows}
 
 
 def job_counts(session: Session, scope: Sequence[str] | None) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,12 +79,12 @@ def ago(value: datetime | None, now: datetime | None = None) -> str:
     if value is None:
         return "-"
     seconds = int(((now or datetime.now(UTC)) - value).total_seconds())
-    if seconds < 0:
-        return "in " + ago(now or datetime.now(UTC), value)
+    text = f"{abs(seconds)} s"
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds} s ago"
+        if abs(seconds) >= size:
+            text = f"{abs(seconds) // size} {unit}"
+            break
+    return f"in {text}" if seconds < 0 else f"{text} ago"
 
 
 def percent(basis_points: int | None) -> str:
@@ -100,6 +101,23 @@ def http_url(value: Any) -> str | None:
         return None
     parts = urlsplit(value.strip())
     return value.strip() if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+_TARGET_RE = re.compile(
+    r"^(?P<adapter>[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)"
+    r"(?:@(?P<version>[0-9]+)|:(?P<channel>[a-z0-9_-]+))?$")
+
+
+def target_href(target_type: str, target: str) -> str | None:
+    """The page of an audit event's target (adapters, versions, channels), if it has one."""
+    m = _TARGET_RE.match(target)
+    if target_type not in ("adapter", "version", "channel") or m is None:
+        return None
+    if m["version"]:
+        return f"/ui/adapters/{m['adapter']}/versions/{m['version']}"
+    if m["channel"]:
+        return f"/ui/adapters/{m['adapter']}/channels/{m['channel']}"
+    return f"/ui/adapters/{m['adapter']}"
 
 
 def pretty_json(value: Any) -> str:
@@ -127,7 +145,7 @@ ENV = Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=True,
 ENV.filters.update(short=short, size=human_size, when=when, iso=iso, ago=ago,
                    percent=percent, metric=metric, http_url=http_url, pretty_json=pretty_json,
                    compact_json=compact_json)
-ENV.globals.update(app_version=__version__)
+ENV.globals.update(app_version=__version__, target_href=target_href)
 
 
 @dataclass

@@ -115,6 +115,7 @@ async def checked_form(request: Request) -> dict[str, str]:
 
 def safe_next(target: str | None) -> str:
     """Where to go after signing in: only a path of the UI (no open redirect)."""
-    if target and target.startswith("/ui") and not target.startswith("//") and "\\" not in target:
+    inside = target == "/ui" or target.startswith(("/ui/", "/ui?")) if target else False
+    if target and inside and "\\" not in target and target.isprintable() and " " not in target:
         return target
     return "/ui"
