@@ -94,7 +94,8 @@ def create_app(
                   description="Registry and lifecycle service for LoRA adapters")
     app.state.lorareg = state
     problems.install(app)
-    for module in (admin, adapters, bases, blobs, channels, jobs, ops, resolve):
+    # resolve first: it is the hot path, and routes are matched in order.
+    for module in (resolve, admin, adapters, bases, blobs, channels, jobs, ops):
         app.include_router(module.router)
     ui.install(app)  # /ui pages and /ui/static (registry/ui/__init__.py)
     app.add_middleware(RequestObserver, metrics=state.metrics)

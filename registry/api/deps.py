@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -106,7 +107,8 @@ class Ctx:
         self.require(permission)
 
 
-def get_state(request: Request) -> State:
+async def get_state(request: Request) -> State:
+    # async: FastAPI would run a plain def in the thread pool, a round trip per request.
     state: State = request.app.state.lorareg
     return state
 
@@ -119,7 +121,8 @@ def _bearer(request: Request) -> str | None:
     return request.cookies.get("lorareg_token")
 
 
-def get_ctx(request: Request, state: Annotated[State, Depends(get_state)]) -> Ctx:
+async def get_ctx(request: Request, state: Annotated[State, Depends(get_state)]) -> Ctx:
+    """The caller: from the token cache on the event loop, else the database in a thread."""
     request_id = request_id_var.get() or uuid.uuid4().hex
     request.state.request_id = request_id
     token = _bearer(request)
@@ -129,10 +132,14 @@ def get_ctx(request: Request, state: Annotated[State, Depends(get_state)]) -> Ct
         return Ctx(state, LOCAL_PRINCIPAL, request_id)
     principal = state.tokens.get(token)
     if principal is None:
-        with transaction(state.sessions) as session:
-            principal = tokens.authenticate(session, token)
+        principal = await anyio.to_thread.run_sync(_authenticate, state, token)
         state.tokens.put(token, principal)
     return Ctx(state, principal, request_id)
+
+
+def _authenticate(state: State, token: str) -> Principal:
+    with transaction(state.sessions) as session:
+        return tokens.authenticate(session, token)
 
 
 CtxDep = Annotated[Ctx, Depends(get_ctx)]

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
-from registry.api.deps import get_state
 from registry.db import transaction
 from registry.errors import Unauthenticated
 from registry.services import tokens
@@ -39,7 +38,7 @@ def login(request: Request, form: OriginForm) -> Response:
     token = form.get("token", "").strip()
     target = session.safe_next(form.get("next"))
     try:
-        with transaction(get_state(request).sessions) as s:
+        with transaction(request.app.state.lorareg.sessions) as s:
             tokens.authenticate(s, token)
     except Unauthenticated as exc:
         return render(request, "login.html", status_code=401, next=target, error=exc.detail)
