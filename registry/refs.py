@@ -12,6 +12,7 @@ NAMESPACE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 ADAPTER_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$")
 CHANNEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+MAX_VERSION = 2**31 - 1
 REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 
 
@@ -68,7 +69,7 @@ def parse_ref(text: str) -> Ref:
         ns, name = parse_adapter_name(adapter)
         if sel == "latest":
             return Ref(ns, name)
-        if not sel.isdigit() or int(sel) < 1:
+        if not sel.isdigit() or not 1 <= int(sel) <= MAX_VERSION:
             raise BadRequest(f"version in {text!r} must be a positive integer or 'latest'")
         return Ref(ns, name, version=int(sel))
     if ":" in text:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 
 from registry.errors import RegistryError
@@ -54,9 +55,19 @@ def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     }, dict(exc.headers) if exc.headers else None)
 
 
+def _out_of_range(_request: Request, exc: Exception) -> JSONResponse:
+    # A number too large for the database or for a time span: the client's input, not ours.
+    return problem_response({
+        "type": "https://lorareg.dev/problems/bad_request", "title": "Bad request",
+        "status": 400, "code": "bad_request",
+        "detail": "a number in the request is out of range",
+    })
+
+
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
-    log.exception("unhandled error", extra={"request_id": request_id})
+    # exc_info=exc: handlers may run outside the except block, where exception() logs nothing.
+    log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
     return problem_response({
         "type": "https://lorareg.dev/problems/internal", "title": "Internal error",
         "status": 500, "code": "internal",
@@ -68,4 +79,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RegistryError, _registry_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(OverflowError, _out_of_range)
+    app.add_exception_handler(DataError, _out_of_range)
     app.add_exception_handler(Exception, _unexpected)

@@ -234,3 +234,24 @@ def test_health_ready_version_and_404(api: Api) -> None:
     assert_problem(api.client.get("/api/v1/nope", headers=h(api.admin)), 404)
     assert_problem(api.client.get("/api/v1/adapters/acme/none", headers=h(api.admin)), 404)
     assert api.client.get("/openapi.json").json()["info"]["title"] == "lorareg"
+
+
+BIG = 2**63
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("method,path,body", [
+    ("GET", f"/api/v1/adapters/acme/bot/versions/{BIG}", None),
+    ("GET", f"/api/v1/bases/{BIG}", None),
+    ("GET", f"/api/v1/jobs/{BIG}", None),
+    ("GET", f"/api/v1/rollouts/{BIG}", None),
+    ("DELETE", f"/api/v1/webhooks/{BIG}", None),
+    ("POST", "/api/v1/gc", {"grace_seconds": 86400000000000}),
+    ("POST", "/api/v1/adapters/acme/bot/channels/prod/promote", {"version": BIG}),
+])
+def test_out_of_range_numbers_are_client_errors(api: Api, method: str, path: str,
+                                                body: dict[str, Any] | None) -> None:
+    assert push(api, api.admin).status_code == 201
+    r = api.client.request(method, path, json=body, headers=h(api.admin))
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json")

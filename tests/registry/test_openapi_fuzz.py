@@ -16,12 +16,16 @@ no example database (so no ``.hypothesis`` folder is left behind).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import hypothesis
+import hypothesis.configuration
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -38,6 +42,12 @@ from registry.services.context import Actor
 from tests.fixtures.adapters import adapter_files
 
 MAX_EXAMPLES = 15
+# TODO(lead): add `checks.content_type_conformance` once the spec documents what the API sends
+# (see the report): every 422 is `application/problem+json` (a problem document) but is
+# documented as `application/json` `HTTPValidationError`, and blob GET/HEAD 200 send
+# `application/octet-stream` but are documented as `application/json`. Until then
+# `response_schema_conformance` skips those bodies: it only validates documented media types.
+CHECKS = [checks.not_a_server_error, checks.response_schema_conformance]
 SEED_NS, SEED_NAME = "acme", "bot"
 SEED_FILES = adapter_files()
 SEED_DIGESTS = sorted(hashlib.sha256(data).hexdigest() for data in SEED_FILES.values())
@@ -61,10 +71,19 @@ def _spec_app() -> FastAPI:
                       store=LocalBlobStore(Path("/unused")), host="0.0.0.0")
 
 
+# Hypothesis keeps caches (unicode tables, constants of our sources) in ./.hypothesis even
+# without an example database, from the moment the schema below is loaded: keep them in a
+# temporary folder that is removed when the process exits.
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="lorareg-hypothesis-")
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+hypothesis.configuration.set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+
 # schemathesis' lazy loader (`schemathesis.pytest.from_fixture`) does not work with pytest 9:
 # it sets `Function._nodeid`, which pytest 9 removed. So the schema is loaded here, at import,
 # and every case is sent to the app of the `api` fixture instead (`call_and_validate(app=...)`).
-schema = schemathesis.openapi.from_asgi("/openapi.json", _spec_app(), config=_fuzz_config())
+full_schema = schemathesis.openapi.from_asgi("/openapi.json", _spec_app(), config=_fuzz_config())
+
+schema = full_schema
 
 
 def _admin_token(engine: Engine) -> str:
@@ -120,8 +139,7 @@ def api(fresh_db_url: str, tmp_path: Path) -> Iterator[tuple[FastAPI, dict[str, 
                            hypothesis.HealthCheck.data_too_large],
 )
 def test_api_conforms_to_its_schema(
-    case: schemathesis.Case, api: tuple[FastAPI, dict[str, str]]
+    case: schemathesis.Case[Any], api: tuple[FastAPI, dict[str, str]]
 ) -> None:
     app, headers = api
-    case.call_and_validate(app=app, headers=headers,
-                           checks=[checks.not_a_server_error, checks.response_schema_conformance])
+    case.call_and_validate(app=app, headers=headers, checks=CHECKS)

@@ -60,7 +60,7 @@ class DeliveryOut(BaseModel):
 
 
 class GcIn(s.In):
-    grace_seconds: int = Field(86400, ge=0)
+    grace_seconds: int = Field(86400, ge=0, le=100 * 365 * 86400)
     dry_run: bool = True
 
 
