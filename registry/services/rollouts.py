@@ -167,19 +167,27 @@ def _lock_for_rollback(session: Session, channel: Channel) -> Channel:
     raise Conflict(f"{channels.channel_name(channel)} keeps changing; retry the rollback")
 
 
-def _rollback_target(session: Session, channel: Channel, to_number: int | None
-                     ) -> AdapterVersion:
-    ns, name = channel.adapter.namespace.name, channel.adapter.name
-    if to_number is not None:
-        return versions.get_version(session, Ref(ns, name, version=to_number))
+def previous_stable(session: Session, channel: Channel) -> int | None:
+    """The version number a plain rollback restores: the stable version before the change
+    that made the current one stable (rollbacks skipped, so rolling back twice goes further
+    back, not forth); None if there is none."""
     current = channel.stable.number if channel.stable else None
     for event in channels.history(session, channel, limit=500).items:
-        if event.action == "rollback":  # rolling back twice goes further back, not forth
+        if event.action == "rollback":
             continue
         if event.to_stable == current and event.from_stable not in (None, current):
-            return versions.get_version(session, Ref(ns, name, version=event.from_stable))
-    raise Conflict(f"{channels.channel_name(channel)} has no previous stable version to roll "
-                   "back to; name one with --to")
+            return event.from_stable
+    return None
+
+
+def _rollback_target(session: Session, channel: Channel, to_number: int | None
+                     ) -> AdapterVersion:
+    number = to_number if to_number is not None else previous_stable(session, channel)
+    if number is None:
+        raise Conflict(f"{channels.channel_name(channel)} has no previous stable version to "
+                       "roll back to; name one with --to")
+    ref = Ref(channel.adapter.namespace.name, channel.adapter.name, version=number)
+    return versions.get_version(session, ref)
 
 
 # --- the controller -------------------------------------------------------------------------

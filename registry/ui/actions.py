@@ -145,7 +145,7 @@ def rollback_confirm(request: Request, ns: str, name: str, channel: str, ctx: UI
     ctx.require("promote", ns)
     with ctx.tx() as s:
         row = channels.get_channel(s, f"{ns}/{name}", channel)
-        target = to or queries.rollback_target(s, row)
+        target = to or rollouts.previous_stable(s, row)
     return render(request, "confirm_rollback.html", channel=row, target=target)
 
 

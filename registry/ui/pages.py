@@ -114,7 +114,7 @@ def channel_page(
         shown = _shown_rollout(rollouts_list, row.rollout_id, rollout)
         evaluations = rollouts.evaluations(session, shown) if shown else []
         history = channels.history(session, row, cursor=cursor, limit=50)
-        rollback_to = queries.rollback_target(session, row)
+        rollback_to = rollouts.previous_stable(session, row)
     active = next((r for r in rollouts_list if r.id == row.rollout_id), None)
     return render(
         request, "channel.html", channel=row, adapter=row.adapter, history=history,

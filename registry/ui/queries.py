@@ -21,7 +21,6 @@ from registry.models import (
     AdapterVersion,
     AuditEvent,
     Channel,
-    ChannelEvent,
     Job,
     MergedArtifact,
     Metric,
@@ -225,20 +224,6 @@ def audit_for(session: Session, target_type: str, target: str, limit: int = 50
 def rollouts_of(session: Session, channel_id: int, limit: int = 20) -> list[Rollout]:
     return list(session.scalars(select(Rollout).where(Rollout.channel_id == channel_id)
                                 .order_by(Rollout.id.desc()).limit(limit)))
-
-
-def rollback_target(session: Session, channel: Channel) -> int | None:
-    """The version a plain rollback would restore, chosen as ``rollouts.rollback`` chooses it
-    (the confirmation page then posts that number, so the action does what it showed)."""
-    current = channel.stable.number if channel.stable else None
-    events = session.execute(
-        select(ChannelEvent.from_stable, ChannelEvent.to_stable)
-        .where(ChannelEvent.channel_id == channel.id, ChannelEvent.action != "rollback")
-        .order_by(ChannelEvent.id.desc()).limit(500))
-    for from_stable, to_stable in events:  # rolling back twice goes further back, not forth
-        if to_stable == current and from_stable not in (None, current):
-            return int(from_stable)
-    return None
 
 
 def job_counts(session: Session, scope: Sequence[str] | None) -> dict[str, int]:
