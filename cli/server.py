@@ -53,7 +53,7 @@ def serve(host: str, port: int, workers: int) -> None:
         click.secho(BOOTSTRAP_HINT, fg="yellow", err=True)
     stopping = threading.Event()
     _start_embedded_workers(workers, stopping)
-    click.echo(f"listening on http://{host}:{port}  (API docs: /docs)", err=True)
+    click.echo(f"listening on http://{host}:{port}  (web UI: /ui, API docs: /docs)", err=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
