@@ -59,6 +59,34 @@ async def snapshot(ctx: Ctx, adapter: str, channel: str) -> Snapshot:
     return snap
 
 
+class AnswerCache:
+    """Encoded answers per (channel revision, target, canary, base URL): the hot path then
+    builds no model and serializes nothing. Presigned URLs expire, so with presigning on the
+    key also carries the half-life window the URLs were made in."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._bodies: dict[tuple[object, ...], bytes] = {}
+
+    def body(self, ctx: Ctx, request: Request, snap: Snapshot, target: Target, canary: bool
+             ) -> bytes:
+        settings = ctx.state.settings
+        window = (int(time.monotonic() // max(settings.presign_ttl_seconds / 2, 1))
+                  if settings.presign_downloads else 0)
+        key = (id(ctx.state), snap.channel_id, snap.revision, target.ref, canary,
+               str(request.base_url), window)
+        body = self._bodies.get(key)
+        if body is None:
+            body = answer(ctx, request, snap, target, canary).model_dump_json().encode()
+            if len(self._bodies) >= self.limit:
+                self._bodies.clear()
+            self._bodies[key] = body
+        return body
+
+
+ANSWERS = AnswerCache()
+
+
 def answer(ctx: Ctx, request: Request, snap: Snapshot, target: Target, canary: bool
            ) -> s.ResolveOut:
     files = [s.ResolvedFile(path=p, digest=d, size=n, url=URLS.url(ctx, request, d))
@@ -69,16 +97,16 @@ def answer(ctx: Ctx, request: Request, snap: Snapshot, target: Target, canary: b
 
 
 @router.get("/{ns}/{target}", response_model=s.ResolveOut)
-async def resolve(ns: str, target: str, request: Request, response: Response, ctx: CtxDep,
-                  key: Annotated[str, Query(max_length=1024)] = "") -> s.ResolveOut:
+async def resolve(ns: str, target: str, request: Request, ctx: CtxDep,
+                  key: Annotated[str, Query(max_length=1024)] = "") -> Response:
     """The version to serve for ``key`` on ``{ns}/{name}:{channel}`` (sticky per key)."""
     adapter, channel = split_target(f"{ns}/{target}")
     ctx.require("read", ns)
     snap = await snapshot(ctx, adapter, channel)
     chosen, canary = choose(snap, key)
-    response.headers["ETag"] = snap.etag
-    response.headers["Cache-Control"] = "no-cache"
-    return answer(ctx, request, snap, chosen, canary)
+    return Response(ANSWERS.body(ctx, request, snap, chosen, canary),
+                    media_type="application/json",
+                    headers={"ETag": snap.etag, "Cache-Control": "no-cache"})
 
 
 @router.post("", response_model=list[s.ResolveOut])
