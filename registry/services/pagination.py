@@ -68,9 +68,11 @@ def paginate(
     cursor: str | None,
     limit: int,
     sort_value: Any = None,
+    computed: bool = False,
 ) -> Page[Any]:
     """Run ``stmt`` ordered by ``(sort, id)`` from ``cursor``; ``sort_value(row)`` reads the
-    sort key of a row for the next cursor (default: the id)."""
+    sort key of a row for the next cursor (default: the id). ``computed``: ``sort`` is an
+    expression (e.g. a metric subquery) that ``stmt`` also selects as its second column."""
     check_limit(limit)
     if cursor:
         value, last_id = decode_cursor(cursor)
@@ -79,14 +81,16 @@ def paginate(
         else:
             stmt = stmt.where(or_(sort > value, and_(sort == value, id_col > last_id)))
     order = (sort.desc(), id_col.desc()) if descending else (sort.asc(), id_col.asc())
-    rows = list(session.scalars(stmt.order_by(*order).limit(limit + 1)))
+    stmt = stmt.order_by(*order).limit(limit + 1)
+    pairs = [(r[0], r[1]) for r in session.execute(stmt)] if computed else [
+        (r, None) for r in session.scalars(stmt)]
     next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        key = sort_value(last) if sort_value else last.id
+    if len(pairs) > limit:
+        pairs = pairs[:limit]
+        last, computed_key = pairs[-1]
+        key = computed_key if computed else sort_value(last) if sort_value else last.id
         next_cursor = encode_cursor(key, last.id)
-    return Page(rows, next_cursor)
+    return Page([item for item, _ in pairs], next_cursor)
 
 
 def paginate_by_id(

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, or_, select
+from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from registry.blobs import BlobStore
@@ -30,9 +30,6 @@ from registry.services.inspect import inspect_adapter
 from registry.services.metrics import MetricInput, add_metrics, check_metric
 from registry.services.pagination import (
     Page,
-    check_limit,
-    decode_cursor,
-    encode_cursor,
     paginate,
 )
 
@@ -266,30 +263,12 @@ def list_versions(
         # Versions without the metric sort last in either direction.
         sort_col = func.coalesce(latest_metric_value(key), -1e308 if q.descending else 1e308)
         stmt = stmt.add_columns(sort_col.label("_sort"))
-        return _paginate_with_value(session, stmt, sort_col, q.descending, cursor, limit)
+        return paginate(session, stmt, sort_col, AdapterVersion.id, descending=q.descending,
+                        cursor=cursor, limit=limit, computed=True)
     else:
         raise BadRequest(f"unknown sort {q.sort!r}: use version, created_at or metric.KEY")
     return paginate(session, stmt, sort_col, AdapterVersion.id, descending=q.descending,
                     cursor=cursor, limit=limit, sort_value=reader)
-
-
-def _paginate_with_value(
-    session: Session, stmt: Select[Any], sort_col: Any, descending: bool,
-    cursor: str | None, limit: int,
-) -> Page[AdapterVersion]:
-    """Keyset pagination where the sort key is a computed column (a metric)."""
-    check_limit(limit)
-    if cursor:
-        value, last_id = decode_cursor(cursor)
-        cmp = (sort_col < value) if descending else (sort_col > value)
-        idc = (AdapterVersion.id < last_id) if descending else (AdapterVersion.id > last_id)
-        stmt = stmt.where(or_(cmp, and_(sort_col == value, idc)))
-    order = (sort_col.desc(), AdapterVersion.id.desc()) if descending else (
-        sort_col.asc(), AdapterVersion.id.asc())
-    rows = list(session.execute(stmt.order_by(*order).limit(limit + 1)))
-    items = [r[0] for r in rows[:limit]]
-    nxt = encode_cursor(rows[limit - 1][1], items[-1].id) if len(rows) > limit else None
-    return Page(items, nxt)
 
 
 def yank(session: Session, actor: Actor, ref: Ref, reason: str) -> AdapterVersion:
