@@ -45,8 +45,7 @@ MAX_EXAMPLES = 15
 # Not yet checked: `checks.content_type_conformance`. The spec does not document what the API
 # sends for errors and binary bodies (open in issue 3): every 422 is `application/problem+json`
 # (a problem document) but is documented as `application/json` `HTTPValidationError`, and blob
-# GET/HEAD 200 send
-# `application/octet-stream` but are documented as `application/json`. Until then
+# GET/HEAD 200 send `application/octet-stream` but are documented as `application/json`. Until then
 # `response_schema_conformance` skips those bodies: it only validates documented media types.
 CHECKS = [checks.not_a_server_error, checks.response_schema_conformance]
 SEED_NS, SEED_NAME = "acme", "bot"
