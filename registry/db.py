@@ -1,10 +1,13 @@
 """Engine and session factory: SQLite for the embedded default, PostgreSQL in production.
 
-SQLite notes: every transaction starts with ``BEGIN IMMEDIATE`` so that the write lock is
-taken up front. With pysqlite's default deferred transactions, two writers that both read
-first deadlock on lock upgrade and one fails with "database is locked"; immediate
+SQLite notes: every transaction that may write starts with ``BEGIN IMMEDIATE`` so that the
+write lock is taken up front. With pysqlite's default deferred transactions, two writers that
+both read first deadlock on lock upgrade and one fails with "database is locked"; immediate
 transactions make them queue behind ``busy_timeout`` instead, which is the serialized
-equivalent of PostgreSQL's row locks for a single-machine registry.
+equivalent of PostgreSQL's row locks for a single-machine registry. Read-only transactions
+(``transaction(..., readonly=True)``: the API's GET requests, resolve's snapshot loads) begin
+deferred, so readers never queue for the write lock (WAL lets them read beside a writer), and
+run with ``PRAGMA query_only`` so that a write slipping into one fails at once, loudly.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        readonly = bool(conn.get_execution_options().get(READONLY))
+        conn.exec_driver_sql(f"PRAGMA query_only={int(readonly)}")
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -70,10 +75,16 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+READONLY = "lorareg_readonly"
+
+
 @contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any exception."""
+def transaction(factory: sessionmaker[Session], *, readonly: bool = False) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any exception. ``readonly``: the
+    work only reads (on SQLite it then takes no write lock and may not write)."""
     session = factory()
+    if readonly:
+        session.connection(execution_options={READONLY: True})
     try:
         yield session
         session.commit()

@@ -81,7 +81,7 @@ class FleetCollector(Collector):
         self.sessions = sessions
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, readonly=True) as session:
             yield from _queue_metrics(session)
             yield from _job_metrics(session)
             yield _rollout_metric(session)

@@ -101,6 +101,7 @@ def create_app(
     app.add_middleware(RequestObserver, metrics=state.metrics)
     app.add_middleware(BodyLimit, json_limit=settings.max_json_body,
                        blob_limit=settings.max_blob_size)
+    app.add_middleware(resolve.ResolveFastPath, state=state)  # outermost: before the rest
     return app
 
 

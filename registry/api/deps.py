@@ -76,6 +76,7 @@ class Ctx:
     state: State
     principal: Principal
     request_id: str
+    readonly: bool = False  # a GET or HEAD: its transactions only read
 
     @property
     def store(self) -> BlobStore:
@@ -88,7 +89,7 @@ class Ctx:
     @contextmanager
     def tx(self) -> Iterator[Session]:
         """The request's one transaction: committed before the response is built."""
-        with transaction(self.state.sessions) as session:
+        with transaction(self.state.sessions, readonly=self.readonly) as session:
             yield session
 
     def require(self, permission: str, namespace: str | None = None) -> None:
@@ -125,16 +126,17 @@ async def get_ctx(request: Request, state: Annotated[State, Depends(get_state)])
     """The caller: from the token cache on the event loop, else the database in a thread."""
     request_id = request_id_var.get() or uuid.uuid4().hex
     request.state.request_id = request_id
+    readonly = request.method in ("GET", "HEAD")
     token = _bearer(request)
     if token is None:
         if state.auth_required:
             raise Unauthenticated("this registry requires an API token (Authorization: Bearer)")
-        return Ctx(state, LOCAL_PRINCIPAL, request_id)
+        return Ctx(state, LOCAL_PRINCIPAL, request_id, readonly)
     principal = state.tokens.get(token)
     if principal is None:
         principal = await anyio.to_thread.run_sync(_authenticate, state, token)
         state.tokens.put(token, principal)
-    return Ctx(state, principal, request_id)
+    return Ctx(state, principal, request_id, readonly)
 
 
 def _authenticate(state: State, token: str) -> Principal:

@@ -14,6 +14,7 @@ has a new id and reshuffles.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from registry.db import transaction
 from registry.errors import NotFound
 from registry.models import Adapter, AdapterVersion, Channel, Namespace
 from registry.refs import check_channel, parse_adapter_name
+
+log = logging.getLogger("lorareg.resolve")
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,8 @@ def target_of(version: AdapterVersion) -> Target:
                   tuple((f.path, f.digest, f.size) for f in version.files))
 
 
-def load(session: Session, adapter: str, channel: str) -> Snapshot:
+def load(session: Session, adapter: str, channel: str, now: float) -> Snapshot:
+    """The channel's snapshot, stamped ``loaded=now`` (the cache's clock)."""
     ns, name = parse_adapter_name(adapter)
     row = session.scalar(
         select(Channel).join(Adapter, Channel.adapter_id == Adapter.id)
@@ -88,17 +92,27 @@ def load(session: Session, adapter: str, channel: str) -> Snapshot:
     return Snapshot(adapter, channel, row.id, row.revision, row.rollout_id,
                     target_of(row.stable) if row.stable else None,
                     target_of(row.canary) if row.canary else None,
-                    row.canary_weight_bp, time.monotonic())
+                    row.canary_weight_bp, now)
 
 
 class ResolveCache:
-    """Per-process channel snapshots with a short TTL and single-flight refresh."""
+    """Per-process channel snapshots with a short TTL and single-flight refresh.
 
-    def __init__(self, sessions: sessionmaker[Session], ttl: float = 0.5,
+    :meth:`get` (in a worker thread) loads a stale snapshot and makes its callers wait for it.
+    :meth:`serve` (the hot path, on the event loop) never waits: a snapshot stale by less than
+    ``grace`` is served while one background thread reloads it, so no request queues behind the
+    database and a change is still seen within ``ttl + grace`` (0.75 s by default).
+    :meth:`invalidate` drops a snapshot at once; a load that began before it cannot put the old
+    state back (each key has a generation that invalidation bumps).
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], ttl: float = 0.5, grace: float = 0.25,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._sessions, self.ttl, self._clock = sessions, ttl, clock
+        self._sessions, self.ttl, self.grace, self._clock = sessions, ttl, grace, clock
         self._entries: dict[tuple[str, str], Snapshot] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._generations: dict[tuple[str, str], int] = {}
+        self._refreshing: set[tuple[str, str]] = set()
         self._guard = threading.Lock()
 
     def fresh(self, adapter: str, channel: str) -> Snapshot | None:
@@ -107,6 +121,26 @@ class ResolveCache:
         if snap is not None and self._clock() - snap.loaded < self.ttl:
             return snap
         return None
+
+    def serve(self, adapter: str, channel: str) -> Snapshot | None:
+        """The snapshot for the hot path, without I/O: fresh, or stale by less than ``grace``
+        while a background thread reloads it; None when the caller must load it (:meth:`get`)."""
+        key = (adapter, channel)
+        snap = self._entries.get(key)
+        if snap is None:
+            return None
+        age = self._clock() - snap.loaded
+        if age < self.ttl:
+            return snap
+        if age >= self.ttl + self.grace:
+            return None
+        with self._guard:
+            if key in self._refreshing:
+                return snap
+            self._refreshing.add(key)
+        threading.Thread(target=self._refresh, args=key, name="resolve-refresh",
+                         daemon=True).start()
+        return snap
 
     def get(self, adapter: str, channel: str) -> Snapshot:
         """Fresh snapshot, loading it (once, for all waiting threads) when stale."""
@@ -119,12 +153,37 @@ class ResolveCache:
         with lock:
             snap = self.fresh(*key)
             if snap is None:
-                with transaction(self._sessions) as session:
-                    snap = load(session, adapter, channel)
-                self._entries[key] = snap
+                snap = self._load(key)
             return snap
 
+    def _load(self, key: tuple[str, str]) -> Snapshot:
+        generation = self._generations.get(key, 0)
+        with transaction(self._sessions, readonly=True) as session:
+            snap = load(session, *key, self._clock())
+        with self._guard:
+            if self._generations.get(key, 0) == generation:
+                self._entries[key] = snap
+        return snap
+
+    def _refresh(self, adapter: str, channel: str) -> None:
+        key = (adapter, channel)
+        try:
+            self._load(key)
+        except Exception:
+            # e.g. the channel is gone or the database down: the next request loads it
+            # itself (get) and answers with the error.
+            log.warning("background reload of %s:%s failed", adapter, channel, exc_info=True)
+            self._entries.pop(key, None)
+        finally:
+            with self._guard:
+                self._refreshing.discard(key)
+
     def invalidate(self, adapter: str, channel: str | None = None) -> None:
-        for key in list(self._entries):
-            if key[0] == adapter and channel in (None, key[1]):
-                self._entries.pop(key, None)
+        with self._guard:
+            keys = {*self._entries, *self._locks, *self._refreshing}
+            if channel is not None:
+                keys.add((adapter, channel))
+            for key in keys:
+                if key[0] == adapter and channel in (None, key[1]):
+                    self._generations[key] = self._generations.get(key, 0) + 1
+                    self._entries.pop(key, None)

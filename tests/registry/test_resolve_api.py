@@ -1,0 +1,200 @@
+"""Resolve over the API in-process: the fast path in front of the app answers exactly what the
+app answers, hands everything else to it, and the snapshot cache never serves a stale channel
+for longer than ``ttl + grace`` nor puts back a state that was invalidated."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from fastapi.testclient import TestClient
+from starlette.types import Receive, Scope, Send
+
+from registry.api.app import create_app
+from registry.api.deps import State
+from registry.api.routes.resolve import ResolveFastPath
+from registry.db import make_session_factory, transaction
+from registry.services import bases
+from registry.services.context import Actor
+from registry.services.resolve import ResolveCache
+from tests.fixtures.api import Api
+from tests.registry.test_api import assert_problem, h, push
+from tests.registry.test_bases import entries, registration
+
+URL = "/api/v1/resolve/acme/bot:prod"
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+    """Stands in for the app behind the fast path: any request that reaches it gets 599."""
+    await send({"type": "http.response.start", "status": 599, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def state_of(api: Api) -> State:
+    state: State = api.client.app.state.lorareg  # type: ignore[attr-defined]
+    return state
+
+
+def promoted(api: Api, versions: int = 2) -> None:
+    """acme/bot with ``versions`` versions on a registered base, @1 stable on prod."""
+    with transaction(make_session_factory(api.engine)) as session:
+        bases.register_base(session, Actor("t"), registration(entries()))
+    for seed in range(versions):
+        assert push(api, api.admin, seed=seed).status_code == 201
+    r = api.client.post("/api/v1/adapters/acme/bot/channels/prod/promote",
+                        json={"version": 1, "now": True}, headers=h(api.admin))
+    assert r.status_code == 200, r.text
+
+
+def fast_only(api: Api) -> TestClient:
+    """A client of the fast path alone, over the app's state (its caches)."""
+    return TestClient(ResolveFastPath(refuse, state_of(api)), raise_server_exceptions=True)
+
+
+def test_fast_path_answers_what_the_app_answers(api: Api) -> None:
+    promoted(api)
+    slow = api.client.get(URL, params={"key": "user-1"}, headers=h(api.admin))
+    assert slow.status_code == 200, slow.text
+    fast = fast_only(api).get(URL, params={"key": "user-1"},
+                              headers={**h(api.admin), "X-Request-ID": "req-7"})
+    assert fast.status_code == 200
+    assert fast.content == slow.content and fast.json()["ref"] == "acme/bot@1"
+    assert fast.headers["etag"] == slow.headers["etag"]
+    assert fast.headers["content-type"] == "application/json"
+    assert fast.headers["cache-control"] == "no-cache"
+    assert fast.headers["x-request-id"] == "req-7"
+    assert fast_only(api).get(URL, headers=h(api.admin)).headers["x-request-id"]
+
+    # A poll whose ETag still holds gets 304 from either path.
+    etag = {"If-None-Match": slow.headers["etag"]}
+    assert api.client.get(URL, headers={**h(api.admin), **etag}).status_code == 304
+    assert fast_only(api).get(URL, headers={**h(api.admin), **etag}).status_code == 304
+    assert fast_only(api).get(URL, headers={**h(api.admin), "If-None-Match": 'W/"0-0"'}
+                              ).status_code == 200
+
+    # The fast path's requests are counted under the route like the app's.
+    metrics = api.client.get("/metrics", headers=h(api.admin)).text
+    line = next(ln for ln in metrics.splitlines() if ln.startswith(
+        'lorareg_http_requests_total{method="GET",route="/api/v1/resolve/{ns}/{target}",'
+        'status="200"}'))
+    assert float(line.rsplit(" ", 1)[1]) >= 4
+
+
+def test_fast_path_hands_everything_else_to_the_app(api: Api) -> None:
+    promoted(api)
+    reader_other = api.token("reader", "globex")
+    assert api.client.get(URL, headers=h(api.admin)).status_code == 200  # caches warm
+    fast = fast_only(api)
+    refused = [
+        fast.get(URL),  # no token, and this app requires one
+        fast.get(URL, headers=h("lrg_x_unknown")),  # a token not in the cache
+        fast.get(URL, headers=h(reader_other)),  # cached below, but not for namespace acme
+        fast.get(URL, headers={"Authorization": "Basic abc"}),
+        fast.get(URL, params={"key": "k" * 1025}, headers=h(api.admin)),
+        fast.get("/api/v1/resolve/acme/bot:staging", headers=h(api.admin)),  # not cached
+        fast.get("/api/v1/resolve/acme/bot", headers=h(api.admin)),  # no channel
+        fast.get("/api/v1/resolve/acme/bot:prod/x", headers=h(api.admin)),
+        fast.post(URL, headers=h(api.admin)),
+        fast.get("/api/v1/resolve/acme", headers=h(api.admin)),  # the namespace form
+    ]
+    assert api.client.get(URL, headers=h(reader_other)).status_code == 403
+    refused.append(fast.get(URL, headers=h(reader_other)))
+    assert [r.status_code for r in refused] == [599] * len(refused)
+
+    # What the app then answers for them.
+    assert_problem(api.client.get(URL), 401)
+    assert_problem(api.client.get(URL, headers=h("lrg_x_unknown")), 401)
+    assert_problem(api.client.get(URL, headers=h(reader_other)), 403)
+    assert api.client.get(URL, params={"key": "k" * 1025}, headers=h(api.admin)
+                          ).status_code == 422
+    assert_problem(api.client.get("/api/v1/resolve/acme/bot:staging", headers=h(api.admin)),
+                   404)
+    assert_problem(api.client.get("/api/v1/resolve/acme/bot", headers=h(api.admin)), 400)
+
+
+def test_promotion_elsewhere_is_served_within_ttl_plus_grace(api: Api) -> None:
+    """A change made by another replica (no invalidation here): the stale snapshot is served
+    only while younger than ttl + grace, and a background reload replaces it."""
+    promoted(api)
+    now = [0.0]
+    state = state_of(api)
+    state.resolve = ResolveCache(state.sessions, ttl=0.5, grace=0.25, clock=lambda: now[0])
+    fast = fast_only(api)
+    assert api.client.get(URL, headers=h(api.admin)).json()["version"] == 1
+
+    replica = TestClient(create_app(state.settings, engine=api.engine, store=state.store,
+                                    host="0.0.0.0"))  # another API process, same database
+    r = replica.post("/api/v1/adapters/acme/bot/channels/prod/promote",
+                     json={"version": 2, "now": True}, headers=h(api.admin))
+    assert r.status_code == 200, r.text
+    assert fast.get(URL, headers=h(api.admin)).json()["version"] == 1  # within the TTL
+    now[0] = 0.6  # stale, within grace: served while one background thread reloads
+    first = fast.get(URL, headers=h(api.admin))
+    assert first.status_code == 200 and first.json()["version"] == 1
+    deadline = time.monotonic() + 10
+    while (snap := state.resolve.serve("acme/bot", "prod")) is None or (
+            snap.stable is None or snap.stable.version != 2):
+        assert time.monotonic() < deadline, "the background reload never landed"
+        time.sleep(0.01)
+    assert fast.get(URL, headers=h(api.admin)).json()["version"] == 2
+
+    now[0] = 10.0  # far beyond ttl + grace: the fast path does not serve it at all
+    assert fast.get(URL, headers=h(api.admin)).status_code == 599
+    assert api.client.get(URL, headers=h(api.admin)).json()["version"] == 2
+
+
+def test_invalidation_during_a_load_is_not_undone(api: Api) -> None:
+    promoted(api)
+    state = state_of(api)
+    cache: ResolveCache
+
+    def sessions_invalidating_midway(*args: Any, **kw: Any) -> Any:
+        cache.invalidate("acme/bot", "prod")  # a change lands while the load reads
+        return state.sessions(*args, **kw)
+
+    cache = ResolveCache(sessions_invalidating_midway)  # type: ignore[arg-type]
+    snap = cache.get("acme/bot", "prod")
+    assert snap.stable is not None and snap.stable.version == 1  # the caller gets its answer
+    assert cache.fresh("acme/bot", "prod") is None  # but the cache does not keep it
+    cache = ResolveCache(state.sessions)
+    assert cache.get("acme/bot", "prod") is cache.fresh("acme/bot", "prod")
+
+
+def test_background_reloads_are_single_flight_and_survive_errors(api: Api) -> None:
+    promoted(api)
+    state = state_of(api)
+    now = [0.0]
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def slow_sessions(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        gate.wait(10)
+        return state.sessions(*args, **kw)
+
+    cache = ResolveCache(state.sessions, clock=lambda: now[0])
+    first = cache.get("acme/bot", "prod")
+    cache._sessions = slow_sessions  # type: ignore[assignment]
+    now[0] = 0.6
+    assert all(cache.serve("acme/bot", "prod") is first for _ in range(50))
+    gate.set()
+    deadline = time.monotonic() + 10
+    while cache._refreshing:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert len(calls) == 1
+
+    # The reload fails (say the database is down): the entry is dropped, so the next request
+    # loads it itself and answers with the error instead of serving an ever older state.
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("database down")
+
+    cache._sessions = broken  # type: ignore[assignment]
+    now[0] = 1.2  # the reloaded snapshot (loaded at 0.6) is stale again, within grace
+    assert cache.serve("acme/bot", "prod") is not None
+    deadline = time.monotonic() + 10
+    while cache._refreshing:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert cache.serve("acme/bot", "prod") is None
