@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -24,27 +26,66 @@ from registry.services.context import Actor
 from registry.services.resolve import ResolveCache
 from registry.services.tokens import Principal
 
+log = logging.getLogger("lorareg.api")
 LOCAL_PRINCIPAL = Principal(name="local", role="admin", namespace=None)
 
 
 class TokenCache:
     """Authenticated tokens for a few seconds, so the hot path (resolve) does no database
-    work per request. A revoked token is refused within ``ttl`` on every replica."""
+    work per request. A revoked token is refused within ``ttl`` on every replica.
 
-    def __init__(self, ttl: float = 5.0) -> None:
-        self.ttl = ttl
+    Busy callers never wait for the database once a token is known: :meth:`get` serves an
+    entry past half its ``ttl`` while one background thread checks the token again (and drops
+    it if it is no longer valid), instead of letting every concurrent request re-check it at
+    the moment it expires."""
+
+    def __init__(self, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self._clock = ttl, clock
         self._entries: dict[str, tuple[Principal, float]] = {}
+        self._checking: set[str] = set()
+        self._guard = threading.Lock()
 
-    def get(self, token: str) -> Principal | None:
-        hit = self._entries.get(_token_key(token))
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
-        return None
+    def get(self, token: str, recheck: Callable[[str], Principal] | None = None
+            ) -> Principal | None:
+        """The cached principal while younger than ``ttl``; past ``ttl / 2`` also start a
+        background ``recheck(token)`` (one per token at a time)."""
+        key = _token_key(token)
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        age = self._clock() - hit[1]
+        if age >= self.ttl:
+            return None
+        if recheck is not None and age >= self.ttl / 2:
+            with self._guard:
+                start = key not in self._checking
+                self._checking.add(key)
+            if start:
+                threading.Thread(target=self._recheck, args=(key, token, recheck),
+                                 name="token-recheck", daemon=True).start()
+        return hit[0]
+
+    def _recheck(self, key: str, token: str, recheck: Callable[[str], Principal]) -> None:
+        try:
+            principal = recheck(token)
+        except Unauthenticated:
+            self._entries.pop(key, None)
+        except Exception:
+            # e.g. the database is down: the entry expires and the next request checks it.
+            log.warning("background token check failed", exc_info=True)
+        else:
+            self._store(key, principal)
+        finally:
+            with self._guard:
+                self._checking.discard(key)
 
     def put(self, token: str, principal: Principal) -> None:
+        self._store(_token_key(token), principal)
+
+    def _store(self, key: str, principal: Principal) -> None:
         if len(self._entries) > 10_000:
             self._entries.clear()
-        self._entries[_token_key(token)] = (principal, time.monotonic() + self.ttl)
+        self._entries[key] = (principal, self._clock())
 
     def clear(self) -> None:
         self._entries.clear()
@@ -69,6 +110,11 @@ class State:
     def __post_init__(self) -> None:
         self.resolve = ResolveCache(self.sessions)
         self.metrics = Metrics(self.sessions)
+
+    def authenticate(self, token: str) -> Principal:
+        """The token's principal, from the database (blocking: call it in a thread)."""
+        with transaction(self.sessions) as session:
+            return tokens.authenticate(session, token)
 
 
 @dataclass
@@ -132,16 +178,11 @@ async def get_ctx(request: Request, state: Annotated[State, Depends(get_state)])
         if state.auth_required:
             raise Unauthenticated("this registry requires an API token (Authorization: Bearer)")
         return Ctx(state, LOCAL_PRINCIPAL, request_id, readonly)
-    principal = state.tokens.get(token)
+    principal = state.tokens.get(token, state.authenticate)
     if principal is None:
-        principal = await anyio.to_thread.run_sync(_authenticate, state, token)
+        principal = await anyio.to_thread.run_sync(state.authenticate, token)
         state.tokens.put(token, principal)
     return Ctx(state, principal, request_id, readonly)
-
-
-def _authenticate(state: State, token: str) -> Principal:
-    with transaction(state.sessions) as session:
-        return tokens.authenticate(session, token)
 
 
 CtxDep = Annotated[Ctx, Depends(get_ctx)]

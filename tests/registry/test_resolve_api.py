@@ -12,12 +12,14 @@ from fastapi.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
 from registry.api.app import create_app
-from registry.api.deps import State
+from registry.api.deps import State, TokenCache
 from registry.api.routes.resolve import ResolveFastPath
 from registry.db import make_session_factory, transaction
+from registry.errors import Unauthenticated
 from registry.services import bases
 from registry.services.context import Actor
 from registry.services.resolve import ResolveCache
+from registry.services.tokens import Principal
 from tests.fixtures.api import Api
 from tests.registry.test_api import assert_problem, h, push
 from tests.registry.test_bases import entries, registration
@@ -198,3 +200,44 @@ def test_background_reloads_are_single_flight_and_survive_errors(api: Api) -> No
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert cache.serve("acme/bot", "prod") is None
+
+
+def test_token_cache_rechecks_in_the_background_and_drops_revoked_tokens() -> None:
+    now = [0.0]
+    cache = TokenCache(ttl=5.0, clock=lambda: now[0])
+    alice = Principal(name="alice", role="reader", namespace="acme")
+    checks: list[str] = []
+    release = threading.Event()
+    revoked = [False]
+
+    def recheck(token: str) -> Principal:
+        checks.append(token)
+        release.wait(10)
+        if revoked[0]:
+            raise Unauthenticated("token revoked")
+        return alice
+
+    def settle() -> None:
+        deadline = time.monotonic() + 10
+        while cache._checking:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    cache.put("t1", alice)
+    assert cache.get("t1", recheck) is alice and checks == []  # young: no check
+    now[0] = 3.0  # past half the TTL: served, and checked once in the background
+    assert all(cache.get("t1", recheck) is alice for _ in range(20))
+    release.set()
+    settle()
+    assert checks == ["t1"]
+    now[0] = 7.0  # the check refreshed the entry at t=3: still valid at 7
+    assert cache.get("t1") is alice
+
+    revoked[0] = True
+    now[0] = 6.0  # past half again: the check finds the token revoked and drops it
+    assert cache.get("t1", recheck) is alice
+    settle()
+    assert cache.get("t1", recheck) is None and checks == ["t1", "t1"]
+    cache.put("t2", alice)
+    now[0] = 12.0  # expired without any check: not served
+    assert cache.get("t2") is None

@@ -210,7 +210,7 @@ class ResolveFastPath:
         scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         token = value.strip()
         if scheme.lower() == "bearer" and token:
-            return self.state.tokens.get(token)
+            return self.state.tokens.get(token, self.state.authenticate)
         if b"authorization" in headers or b"cookie" in headers or self.state.auth_required:
             return None
         return LOCAL_PRINCIPAL
