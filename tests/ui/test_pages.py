@@ -210,6 +210,15 @@ def test_adapter_page_paginates_1000_versions(ui: UI, tmp_path: Path) -> None:
                          "".join(rows(second.text, "versions")))
     assert numbers == [str(n) for n in range(950, 900, -1)]
 
+    # The big page travels gzipped (the client asked for it); the API's JSON never does.
+    assert first.headers["content-encoding"] == "gzip"
+    assert int(first.headers["content-length"]) < len(first.content) / 5
+    plain = ui.get("/ui/adapters/bulk/many", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.text == first.text
+    api = ui.get("/api/v1/adapters/bulk/many/versions?limit=50",
+                 headers={"Authorization": f"Bearer {ui.token('reader')}"})
+    assert api.status_code == 200 and "content-encoding" not in api.headers
+
 
 def test_embedded_mode_needs_no_sign_in(embedded_ui: UI) -> None:
     page = embedded_ui.get("/ui")
