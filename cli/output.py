@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from registry.units import human_size
+
 
 def emit_json(data: Any) -> None:
     """Pretty JSON on stdout."""
@@ -41,16 +43,7 @@ def _cell(value: Any) -> str:
     return " ".join(str(value).split())
 
 
-def size(n: int | None) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+size = human_size  # ``1536`` -> ``1.5 KiB``
 
 
 def when(iso: str | None) -> str:

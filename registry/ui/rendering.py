@@ -29,6 +29,7 @@ from registry.api.deps import Ctx, CtxDep
 from registry.errors import BadRequest, NotFound, RegistryError, Unauthenticated
 from registry.services.tokens import Principal
 from registry.ui import session
+from registry.units import human_size
 
 log = logging.getLogger("lorareg.ui")
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -54,17 +55,6 @@ NOTICES = {
 
 def short(value: str | None, n: int = 12) -> str:
     return (value or "")[:n]
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def when(value: datetime | None) -> str:
