@@ -1,16 +1,26 @@
-"""One mapping from errors to RFC 7807 ``application/problem+json``; no stack traces leak."""
+"""One mapping from errors to RFC 7807 ``application/problem+json``; no stack traces leak.
+
+The same module makes ``/openapi.json`` say so: every operation documents the problem
+statuses it can answer with (see :func:`document`), with the ``Problem`` schema below.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import fastapi.routing
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute
 
+from registry.api.deps import get_ctx
 from registry.errors import RegistryError
 
 log = logging.getLogger("lorareg.api")
@@ -82,3 +92,219 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(OverflowError, _out_of_range)
     app.add_exception_handler(DataError, _out_of_range)
     app.add_exception_handler(Exception, _unexpected)
+    generate = app.openapi
+    documented: list[dict[str, Any]] = []
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI caches its document (and rebuilds it when routes change); ours is that very
+        # object, post-processed once.
+        spec = generate()
+        if not documented or documented[0] is not spec:
+            documented[:] = [document(spec, app.routes)]
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+
+# --- The OpenAPI document -------------------------------------------------------------------
+
+SCHEMAS = "#/components/schemas/"
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 7807 problem document: the body of every error answer. Errors add "
+                   "the fields that help (e.g. `missing`, both fingerprints, `mismatches`).",
+    "type": "object",
+    "required": ["type", "title", "status", "code", "detail"],
+    "properties": {
+        "type": {"type": "string", "format": "uri",
+                 "description": "https://lorareg.dev/problems/<code>"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "code": {"type": "string",
+                 "description": "stable slug, one per class of registry.errors"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"$ref": SCHEMAS + "ValidationIssue"},
+                   "description": "validation_failed: every invalid field"},
+        "missing": {"type": "array", "items": {"type": "string"},
+                    "description": "digests of blobs not uploaded yet"},
+        "expected_fingerprint": {"type": "string"},
+        "actual_fingerprint": {"type": "string"},
+        "computed_fingerprint": {"type": "string"},
+        "mismatches": {"type": "array", "items": {"type": "string"},
+                       "description": "incompatible_base: every tensor that does not fit"},
+        "problems": {"type": "array", "items": {"type": "string"},
+                     "description": "invalid_adapter: what a serving profile refuses"},
+        "expected": {"type": "string", "description": "digest_mismatch: the declared digest"},
+        "actual": {"type": "string", "description": "digest_mismatch: the received digest"},
+        "expected_size": {"type": "integer"},
+        "received_size": {"type": "integer"},
+        "s3_code": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+VALIDATION_ISSUE_SCHEMA: dict[str, Any] = {
+    "title": "ValidationIssue",
+    "type": "object",
+    "required": ["loc", "msg", "type"],
+    "properties": {
+        "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+        "msg": {"type": "string"},
+        "type": {"type": "string"},
+    },
+}
+DESCRIPTIONS = {
+    400: "Bad request: a malformed name, reference or digest, or a number out of range",
+    401: "Authentication required: no valid API token",
+    403: "Permission denied: the token's role or namespace does not allow this",
+    404: "Not found",
+    409: "Conflict with the current state (already exists, revision changed, yanked, busy)",
+    413: "Request body over the server's limit",
+    416: "Range not satisfiable",
+    422: "Validation failed, or an invalid adapter / incompatible base",
+    500: "Internal error; the detail names the request id to look up in the server log",
+    503: "Blob storage or database unavailable",
+}
+# FastAPI's own description of its default 422 entry, replaced by ours.
+_FASTAPI_422 = "Validation Error"
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: the problem statuses it answers with besides those every
+    operation of its shape gets (see :func:`_implied`). :func:`document` adds the body."""
+    return {str(status): {"description": DESCRIPTIONS[status]} for status in statuses}
+
+
+def header(description: str, required: bool = True) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": {"type": "string"}}
+
+
+def _implied(operation: dict[str, Any], identifies_caller: bool) -> set[int]:
+    """Problem statuses an operation can answer with because of its shape alone."""
+    statuses = {500}  # _unexpected: any operation
+    if identifies_caller:
+        statuses |= {401, 403}  # get_ctx authenticates; ctx.require authorizes
+    params = operation.get("parameters", [])
+    has_body = "requestBody" in operation
+    if params or has_body:
+        # 422: request validation; 400: references that do not parse, numbers out of range
+        statuses |= {400, 422}
+    if has_body:
+        statuses.add(413)  # BodyLimit (registry/api/app.py)
+    if any(p.get("in") == "path" for p in params):
+        statuses.add(404)  # a path names something that may not exist
+    return statuses
+
+
+def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
+    for sub in dependant.dependencies:
+        if sub.call is not None:
+            yield sub.call
+        yield from _calls(sub)
+
+
+def _callers(routes: Sequence[BaseRoute]) -> set[tuple[str, str]]:
+    """``(method, path)`` of the operations that identify their caller (depend on get_ctx)."""
+    # Newer FastAPI keeps included routers nested and flattens them (full paths, effective
+    # dependencies) with iter_route_contexts; older ones list flat APIRoutes.
+    flatten = getattr(fastapi.routing, "iter_route_contexts", None)
+    out: set[tuple[str, str]] = set()
+    candidates: Iterable[Any] = flatten(routes) if flatten else routes  # both duck-typed
+    for route in candidates:
+        dependant = getattr(route, "dependant", None)
+        if isinstance(dependant, Dependant) and get_ctx in set(_calls(dependant)):
+            out |= {(method.lower(), route.path_format) for method in route.methods or ()}
+    return out
+
+
+def _problem(status: int, declared: dict[str, Any]) -> dict[str, Any]:
+    description = declared.get("description")
+    if not description or description == _FASTAPI_422:
+        description = DESCRIPTIONS.get(status, "Error")
+    headers = dict(declared.get("headers", {}))
+    if status == 401:
+        headers["WWW-Authenticate"] = header("Bearer")
+    out: dict[str, Any] = {"description": description,
+                           "content": {PROBLEM: {"schema": {"$ref": SCHEMAS + "Problem"}}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def document(spec: dict[str, Any], routes: Sequence[BaseRoute]) -> dict[str, Any]:
+    """Post-process FastAPI's OpenAPI document so that it tells the truth about errors and
+    the answers FastAPI cannot infer (binary downloads, redirects, headers)."""
+    callers = _callers(routes)
+    for path, item in spec.get("paths", {}).items():
+        for method, operation in item.items():
+            answers: dict[str, Any] = operation.setdefault("responses", {})
+            elsewhere = copy.deepcopy(_ELSEWHERE.get((method, path), {}))
+            for code, entry in elsewhere.get("responses", {}).items():
+                merged = {**answers.get(code, {}), **entry}
+                if not merged.get("content"):  # "content": {} -- an answer without a body
+                    merged.pop("content", None)
+                answers[code] = merged
+            operation["parameters"] = [*operation.get("parameters", []),
+                                       *elsewhere.get("parameters", [])]
+            if not operation["parameters"]:
+                del operation["parameters"]
+            statuses = _implied(operation, (method, path) in callers)
+            statuses |= {int(code) for code in answers if code.isdigit() and int(code) >= 400}
+            for status in statuses:
+                answers[str(status)] = _problem(status, answers.get(str(status), {}))
+            operation["responses"] = dict(sorted(answers.items()))
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422, replaced
+        schemas.pop(unused, None)
+    schemas["Problem"] = copy.deepcopy(PROBLEM_SCHEMA)
+    schemas["ValidationIssue"] = copy.deepcopy(VALIDATION_ISSUE_SCHEMA)
+    spec["components"]["schemas"] = dict(sorted(schemas.items()))
+    return spec
+
+
+# What FastAPI cannot infer for the blob and resolve routes (registry/api/routes/blobs.py and
+# resolve.py), which answer with their own Response objects. Kept here, by operation, so that
+# the whole error and media-type story of the document is in one place.
+_BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_BLOB_HEADERS = {
+    "ETag": header('the quoted sha256 digest, e.g. "ab12…"'),
+    "Accept-Ranges": header("bytes"),
+    "Content-Length": header("bytes in this answer"),
+    "Cache-Control": header("public, max-age=31536000, immutable"),
+}
+_PART_HEADERS = {**_BLOB_HEADERS, "Content-Range": header("bytes <first>-<last>/<size>")}
+_REDIRECT = {"description": "Presigned URL of the blob store (LORAREG_PRESIGN_DOWNLOADS)",
+             "headers": {"Location": header("the presigned URL")}}
+_UNSATISFIABLE = {"description": DESCRIPTIONS[416],
+                  "headers": {"Content-Range": header("bytes */<size>")}}
+_RANGE = {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+          "description": "one range, `bytes=<first>-[<last>]` or `bytes=-<suffix>`; "
+                         "anything else is ignored (RFC 9110)"}
+_IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False,
+                  "schema": {"type": "string"}, "description": "the ETag you hold: 304"}
+_ELSEWHERE: dict[tuple[str, str], dict[str, Any]] = {
+    ("get", "/api/v1/blobs/{digest}"): {
+        "parameters": [_RANGE, _IF_NONE_MATCH],
+        "responses": {
+            "200": {"description": "The blob's bytes", "headers": _BLOB_HEADERS,
+                    "content": _BINARY},
+            "206": {"description": "The requested range of the blob", "headers": _PART_HEADERS,
+                    "content": _BINARY},
+            "304": {"description": "Not modified: If-None-Match named this blob",
+                    "headers": {"ETag": _BLOB_HEADERS["ETag"]}},
+            "307": _REDIRECT, "416": _UNSATISFIABLE, **responses(503)},
+    },
+    ("head", "/api/v1/blobs/{digest}"): {
+        "parameters": [_RANGE],
+        "responses": {
+            "200": {"description": "The blob exists (headers only)", "headers": _BLOB_HEADERS,
+                    "content": {}},
+            "206": {"description": "The range exists (headers only)", "headers": _PART_HEADERS,
+                    "content": {}},
+            "307": _REDIRECT, "416": _UNSATISFIABLE, **responses(503)},
+    },
+    ("put", "/api/v1/blobs/{digest}"): {"responses": responses(503)},
+    ("get", "/api/v1/resolve/{ns}/{target}"): {"responses": {"200": {"headers": {
+        "ETag": header("the channel's state; changes with every promotion"),
+        "Cache-Control": header("no-cache")}}}},
+    ("post", "/api/v1/resolve"): {"responses": responses(404)},
+}

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
+from registry.api import problems
 from registry.api import schemas as s
 from registry.api.deps import Ctx, CtxDep
 from registry.errors import BadRequest
@@ -60,7 +61,8 @@ def list_namespaces(ctx: CtxDep, cursor: str | None = None, limit: Limit = 100) 
                       next_cursor=page.next_cursor)
 
 
-@router.post("/namespaces", response_model=s.NamespaceOut, status_code=201)
+@router.post("/namespaces", response_model=s.NamespaceOut, status_code=201,
+             responses=problems.responses(409))
 def create_namespace(body: s.NamespaceIn, ctx: CtxDep) -> s.NamespaceOut:
     ctx.require_global("admin")
     with ctx.tx() as session:
@@ -149,7 +151,8 @@ def get_version(ns: str, name: str, sel: str, ctx: CtxDep) -> s.VersionOut:
 
 
 @router.post("/adapters/{ns}/{name}/versions", response_model=s.VersionOut,
-             status_code=201, responses={200: {"model": s.VersionOut}})
+             status_code=201,
+             responses={200: {"model": s.VersionOut}, **problems.responses(409, 503)})
 def push_version(
     ns: str, name: str, body: s.VersionIn, ctx: CtxDep, response: Response
 ) -> s.VersionOut:
@@ -170,7 +173,8 @@ def push_version(
     return out
 
 
-@router.post("/adapters/{ns}/{name}/versions/{sel}/yank", response_model=s.VersionOut)
+@router.post("/adapters/{ns}/{name}/versions/{sel}/yank", response_model=s.VersionOut,
+             responses=problems.responses(409))
 def yank(ns: str, name: str, sel: str, body: s.YankIn, ctx: CtxDep) -> s.VersionOut:
     ctx.require("write", ns)
     with ctx.tx() as session:
@@ -178,7 +182,8 @@ def yank(ns: str, name: str, sel: str, body: s.YankIn, ctx: CtxDep) -> s.Version
         return version_out(session, v)
 
 
-@router.post("/adapters/{ns}/{name}/versions/{sel}/unyank", response_model=s.VersionOut)
+@router.post("/adapters/{ns}/{name}/versions/{sel}/unyank", response_model=s.VersionOut,
+             responses=problems.responses(409))
 def unyank(ns: str, name: str, sel: str, body: s.UnyankIn, ctx: CtxDep) -> s.VersionOut:
     ctx.require("write", ns)
     with ctx.tx() as session:

@@ -6,10 +6,12 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from registry import __version__
+from registry.api import problems
 from registry.api import schemas as s
 from registry.api.deps import CtxDep, State, get_state
 from registry.errors import NotFound, PermissionDenied, StorageError
@@ -27,7 +29,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=problems.responses(503))
 def readyz(state: StateDep) -> dict[str, str]:
     """Readiness: the database answers and the blob store is reachable."""
     try:
@@ -39,7 +41,8 @@ def readyz(state: StateDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"description": "Prometheus text exposition format"}})
 def metrics(state: StateDep) -> Response:
     """Prometheus metrics (text exposition format)."""
     body = generate_latest(state.metrics.registry)

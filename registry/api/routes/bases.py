@@ -9,6 +9,7 @@ from pydantic import BaseModel as PydanticModel
 from pydantic import Field
 from sqlalchemy import select
 
+from registry.api import problems
 from registry.api import schemas as s
 from registry.api.deps import CtxDep
 from registry.errors import BadRequest
@@ -39,7 +40,7 @@ class ManifestOut(PydanticModel):
 
 
 @router.post("", response_model=s.BaseOut, status_code=201,
-             responses={200: {"model": s.BaseOut}})
+             responses={200: {"model": s.BaseOut}, **problems.responses(503)})
 def register(body: BaseIn, ctx: CtxDep, response: Response) -> s.BaseOut:
     """Register base weights by fingerprint; the same weights again return the same base."""
     ctx.require("write", ctx.principal.namespace)

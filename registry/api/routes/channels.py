@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy.orm import Session
 
+from registry.api import problems
 from registry.api import schemas as s
 from registry.api.deps import Ctx, CtxDep
 from registry.api.routes.adapters import ref_of
@@ -18,6 +19,10 @@ from registry.services.channels import Change
 
 router = APIRouter(prefix="/api/v1", tags=["channels"])
 IfMatch = Annotated[str | None, Header(description="the channel revision you last read")]
+# Answers that carry the channel's revision, for the next If-Match.
+ETAG: dict[int | str, dict[str, Any]] = {
+    200: {"headers": {"ETag": problems.header('the channel revision, e.g. "7"')}}}
+CHANGES = {**ETAG, **problems.responses(409)}
 
 
 def expected(body_value: int | None, if_match: str | None) -> int | None:
@@ -48,7 +53,8 @@ def list_channels(ns: str, name: str, ctx: CtxDep) -> s.Page:
         return s.Page(items=[s.ChannelOut.of(c) for c in rows], next_cursor=None)
 
 
-@router.get("/adapters/{ns}/{name}/channels/{channel}", response_model=s.ChannelOut)
+@router.get("/adapters/{ns}/{name}/channels/{channel}", response_model=s.ChannelOut,
+            responses=ETAG)
 def get_channel(ns: str, name: str, channel: str, ctx: CtxDep, response: Response
                 ) -> s.ChannelOut:
     ctx.require("read", ns)
@@ -58,7 +64,8 @@ def get_channel(ns: str, name: str, channel: str, ctx: CtxDep, response: Respons
         return s.ChannelOut.of(row)
 
 
-@router.put("/adapters/{ns}/{name}/channels/{channel}", response_model=s.ChannelOut)
+@router.put("/adapters/{ns}/{name}/channels/{channel}", response_model=s.ChannelOut,
+            responses=CHANGES)
 def configure_channel(ns: str, name: str, channel: str, body: s.ChannelConfigIn, ctx: CtxDep,
                       response: Response, if_match: IfMatch = None) -> s.ChannelOut:
     """Create a channel or set its profile / protection (protection: admins only)."""
@@ -73,7 +80,8 @@ def configure_channel(ns: str, name: str, channel: str, body: s.ChannelConfigIn,
         return channel_out(ctx, row, response)
 
 
-@router.post("/adapters/{ns}/{name}/channels/{channel}/promote", response_model=s.PromoteOut)
+@router.post("/adapters/{ns}/{name}/channels/{channel}/promote", response_model=s.PromoteOut,
+             responses=CHANGES)
 def promote(ns: str, name: str, channel: str, body: s.PromoteIn, ctx: CtxDep,
             response: Response, if_match: IfMatch = None) -> s.PromoteOut:
     """Promote a version: at once (``now``) or as a canary rollout with gates."""
@@ -95,7 +103,8 @@ def promote(ns: str, name: str, channel: str, body: s.PromoteIn, ctx: CtxDep,
                             rollout=s.RolloutOut.of(rollout) if rollout else None)
 
 
-@router.post("/adapters/{ns}/{name}/channels/{channel}/rollback", response_model=s.ChannelOut)
+@router.post("/adapters/{ns}/{name}/channels/{channel}/rollback", response_model=s.ChannelOut,
+             responses=CHANGES)
 def rollback(ns: str, name: str, channel: str, body: s.RollbackIn, ctx: CtxDep,
              response: Response, if_match: IfMatch = None) -> s.ChannelOut:
     """Put the previous (or the named) version back as stable, in one call."""
@@ -141,7 +150,8 @@ def rollout_evaluations(rollout_id: int, ctx: CtxDep) -> dict[str, list[s.GateEv
                           for e in rollouts.evaluations(session, rollout)]}
 
 
-@router.post("/rollouts/{rollout_id}/{action}", response_model=s.RolloutOut)
+@router.post("/rollouts/{rollout_id}/{action}", response_model=s.RolloutOut,
+             responses=problems.responses(409))
 def control_rollout(rollout_id: int, action: str, body: s.ControlIn, ctx: CtxDep
                     ) -> s.RolloutOut:
     """``pause``, ``resume`` or ``abort`` a rollout by hand."""
@@ -156,7 +166,7 @@ def control_rollout(rollout_id: int, action: str, body: s.ControlIn, ctx: CtxDep
         return s.RolloutOut.of(rollout)
 
 
-@router.post("/metrics/live", status_code=202)
+@router.post("/metrics/live", status_code=202, responses=problems.responses(404))
 def report_live(body: s.LiveIn, ctx: CtxDep) -> dict[str, int]:
     """Serving routers report per-version counts and values, batched. Live data moves
     rollouts, so it needs a token that may write or promote in the namespace."""

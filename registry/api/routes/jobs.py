@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from registry.api import problems
 from registry.api import schemas as s
 from registry.api.deps import CtxDep
 from registry.api.routes.adapters import ref_of
@@ -16,7 +17,7 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 
 
 @router.post("/adapters/{ns}/{name}/versions/{sel}/merge", response_model=s.MergeOut,
-             status_code=202, responses={200: {"model": s.MergeOut}})
+             status_code=202, responses={200: {"model": s.MergeOut}, **problems.responses(409)})
 def request_merge(ns: str, name: str, sel: str, body: s.MergeIn, ctx: CtxDep,
                   response: Response) -> s.MergeOut:
     """Merge a version into its base: 200 with the artifact if it exists, else 202 + job."""
@@ -61,7 +62,8 @@ def get_job(job_id: int, ctx: CtxDep) -> s.JobOut:
         return s.JobOut.of(job)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=s.JobOut)
+@router.post("/jobs/{job_id}/cancel", response_model=s.JobOut,
+             responses=problems.responses(409))
 def cancel_job(job_id: int, ctx: CtxDep) -> s.JobOut:
     """Cancel a queued job now, or ask its worker to stop between tensors."""
     with ctx.tx() as session:

@@ -6,9 +6,10 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from registry.api import problems
 from registry.api import schemas as s
 from registry.api.deps import CtxDep
 from registry.models import Webhook, WebhookDelivery
@@ -59,12 +60,17 @@ class DeliveryOut(BaseModel):
         return cls.model_validate(d, from_attributes=True)
 
 
+# Strict: these bodies say what to delete, so only a JSON `false` turns the dry run off and
+# only an integer sets the grace period (lax parsing reads 0, "no" or "off" as false, and
+# false as a grace of 0 seconds, which would delete uploads still in progress).
 class GcIn(s.In):
+    model_config = ConfigDict(extra="forbid", strict=True)
     grace_seconds: int = Field(86400, ge=0, le=100 * 365 * 86400)
     dry_run: bool = True
 
 
 class RetentionIn(s.In):
+    model_config = ConfigDict(extra="forbid", strict=True)
     dry_run: bool = True
 
 
@@ -131,7 +137,7 @@ def redeliver(delivery_id: int, ctx: CtxDep) -> DeliveryOut:
         return DeliveryOut.of(row)
 
 
-@router.post("/gc")
+@router.post("/gc", responses=problems.responses(503))
 def collect_garbage(body: GcIn, ctx: CtxDep) -> dict[str, object]:
     """Delete unreferenced blobs older than the grace period (dry run by default)."""
     ctx.require_global("admin")
