@@ -5,20 +5,23 @@ versions (2 files each, blob rows included; the blob bytes need not exist for re
 ``prod`` channel per adapter, and on the adapter under load an active canary: stable v9,
 canary v10, weight 1000 bp (10%), rollout id 1. Rows go in with ``COPY`` (a few seconds).
 
-Then, in one run and one after the other (each server alone on the machine while measured),
-``wrk`` drives 64 concurrent connections for ``--duration`` seconds after a short warm-up:
+Then ``wrk`` drives 64 concurrent connections for ``--duration`` seconds after a short warm-up,
+against each server in turn (the others idle):
 
 * resolve: ``uvicorn registry.api.app:factory --factory`` (tokens required, bearer header),
   a Lua script gives every request a new ``key``;
 * trivial: ``@app.get("/ok") async def ok(): return {"ok": True}`` served by uvicorn with the
-  same flags and worker count;
+  same flags and worker count, driven by the same Lua script and header (it ignores both), so
+  that wrk, which shares the machine's CPUs, costs the same in both; trivial and resolve
+  alternate for ``--rounds`` rounds and the ratios are the medians over rounds. One extra run
+  of trivial with plain wrk (no script, no header) is shown for reference;
 * MLflow: ``GET /api/2.0/mlflow/registered-models/alias?name=...&alias=prod`` against
   ``mlflow server`` (same worker count) on its own PostgreSQL database, installed only in
   ``benchmarks/_data/mlflow-venv`` (gitignored; skipped, and said so, when that venv is absent).
 
 Usage::
 
-    .venv/bin/python benchmarks/resolve.py [--duration 15] [--workers 2] [--skip-mlflow]
+    .venv/bin/python benchmarks/resolve.py [--duration 10] [--rounds 3] [--workers 2] [--skip-mlflow]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import json
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -306,15 +310,13 @@ def measure(label: str, url: str, headers: dict[str, str], args: argparse.Namesp
 # --- contenders --------------------------------------------------------------------------------
 
 
-def run_resolve(work: Path, token: str, args: argparse.Namespace, script: Path) -> Result:
+@contextmanager
+def resolve_server(work: Path, workers: int) -> Iterator[Server]:
     env = clean_env(LORAREG_MODE="production", LORAREG_DATABASE_URL=f"{PG}/{DB}",
                     LORAREG_BLOB_URL=f"file://{work / 'blobs'}")
-    cmd = uvicorn_cmd("registry.api.app:factory", free_port(), args.workers)
-    with serve("resolve", cmd, env, work, "/healthz") as api:
-        url = f"{api.url}/api/v1/resolve/{NS}/a{HOT:05d}:prod"
-        headers = {"Authorization": f"Bearer {token}"}
-        check_resolve(url, headers)
-        return measure("resolve", url, headers, args, script)
+    with serve("resolve", uvicorn_cmd("registry.api.app:factory", free_port(), workers), env,
+               work, "/healthz") as api:
+        yield api
 
 
 def check_resolve(url: str, headers: dict[str, str]) -> None:
@@ -333,11 +335,12 @@ def check_resolve(url: str, headers: dict[str, str]) -> None:
           flush=True)
 
 
-def run_trivial(work: Path, args: argparse.Namespace) -> Result:
-    cmd = uvicorn_cmd("resolve:trivial_app", free_port(), args.workers,
+@contextmanager
+def trivial_server(work: Path, workers: int) -> Iterator[Server]:
+    cmd = uvicorn_cmd("resolve:trivial_app", free_port(), workers,
                       "--app-dir", str(ROOT / "benchmarks"))
     with serve("trivial", cmd, clean_env(), work, "/ok") as app:
-        return measure("trivial", f"{app.url}/ok", {}, args)
+        yield app
 
 
 def mlflow_post(http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, object]:
@@ -371,7 +374,7 @@ def run_mlflow(work: Path, args: argparse.Namespace) -> Result | None:
             answer = http.get("/api/2.0/mlflow/registered-models/alias",
                               params={"name": name, "alias": "prod"})
             answer.raise_for_status()
-            print(f"  MLflow answers {answer.text[:120]}", flush=True)
+            print(f"  MLflow answers {json.dumps(answer.json())[:120]}", flush=True)
         url = f"{server.url}/api/2.0/mlflow/registered-models/alias?name={name}&alias=prod"
         return measure("MLflow", url, {}, args)
 
@@ -383,11 +386,13 @@ def verdict(ok: bool) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--adapters", type=int, default=10_000)
-    parser.add_argument("--duration", type=int, default=15, help="seconds per measurement")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up load")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2,
                         help="uvicorn/MLflow server workers (the same for all three)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating trivial/resolve rounds (ratios: the median)")
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--reseed", action="store_true")
     args = parser.parse_args()
@@ -396,22 +401,40 @@ def main() -> int:
           f"{args.workers} server workers", flush=True)
     token = prepare(args.adapters, args.reseed)
     DATA.mkdir(parents=True, exist_ok=True)
+    auth = {"Authorization": f"Bearer {token}"}
+    rounds: list[tuple[Result, Result]] = []
     with tempfile.TemporaryDirectory(dir=DATA, prefix="resolve-") as tmp:
         work = Path(tmp)
         script = work / "keys.lua"
         script.write_text(LUA)
-        trivial = run_trivial(work, args)
-        resolve = run_resolve(work, token, args, script)
+        # Both servers up at once (idle, they cost nothing) so the rounds can alternate.
+        with trivial_server(work, args.workers) as trivial, \
+                resolve_server(work, args.workers) as api:
+            url = f"{api.url}/api/v1/resolve/{NS}/a{HOT:05d}:prod"
+            check_resolve(url, auth)
+            plain = measure("trivial, plain wrk (no script, no header)", f"{trivial.url}/ok",
+                            {}, args)
+            for n in range(1, args.rounds + 1):
+                print(f" round {n}", flush=True)
+                # The same request generator and header for both: wrk shares the CPUs.
+                rounds.append((measure("trivial", f"{trivial.url}/ok", auth, args, script),
+                               measure("resolve", url, auth, args, script)))
         mlflow = None if args.skip_mlflow else run_mlflow(work, args)
+    tputs = [r.rps / t.rps for t, r in rounds]
+    p99s = [r.p99_ms / t.p99_ms for t, r in rounds]
+    tput, p99 = statistics.median(tputs), statistics.median(p99s)
+    resolve_rps = statistics.median(r.rps for _, r in rounds)
     out = io.StringIO()
-    tput = resolve.rps / trivial.rps
-    p99 = resolve.p99_ms / trivial.p99_ms
-    print(f"\nresolve / trivial throughput  {tput:6.2f}   (goal >= 0.5: {verdict(tput >= 0.5)})",
-          file=out)
-    print(f"resolve p99 / trivial p99     {p99:6.2f}   (goal <= 2: {verdict(p99 <= 2)})",
+    print(f"\nper round: throughput ratio {', '.join(f'{x:.2f}' for x in tputs)}; "
+          f"p99 ratio {', '.join(f'{x:.2f}' for x in p99s)}", file=out)
+    print(f"resolve / trivial throughput  {tput:6.2f}   median of {len(rounds)} "
+          f"(goal >= 0.5: {verdict(tput >= 0.5)})", file=out)
+    print(f"resolve p99 / trivial p99     {p99:6.2f}   median of {len(rounds)} "
+          f"(goal <= 2: {verdict(p99 <= 2)})", file=out)
+    print(f"resolve / trivial, plain wrk  {resolve_rps / plain.rps:6.2f}   (for reference)",
           file=out)
     if mlflow is not None:
-        vs = resolve.rps / mlflow.rps
+        vs = resolve_rps / mlflow.rps
         print(f"resolve / MLflow throughput   {vs:6.1f}x  (goal > 20x: {verdict(vs > 20)})",
               file=out)
     else:
