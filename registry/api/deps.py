@@ -14,6 +14,7 @@ from typing import Annotated
 
 import anyio.to_thread
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.blobs import BlobStore
@@ -160,20 +161,21 @@ async def get_state(request: Request) -> State:
     return state
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get("lorareg_token")
+# The API token as ``Authorization: Bearer lrg_...``; declared so that /openapi.json names the
+# scheme on every operation that identifies its caller. auto_error=False: a missing header is
+# ours to answer (problem+json 401, or the web UI's cookie, or no auth in embedded mode).
+BEARER = HTTPBearer(auto_error=False, scheme_name="ApiToken",
+                    description="An API token `lrg_<id>_<secret>` (lorareg token create)")
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 
 
-async def get_ctx(request: Request, state: Annotated[State, Depends(get_state)]) -> Ctx:
+async def get_ctx(request: Request, state: Annotated[State, Depends(get_state)],
+                  bearer: Bearer) -> Ctx:
     """The caller: from the token cache on the event loop, else the database in a thread."""
     request_id = request_id_var.get() or uuid.uuid4().hex
     request.state.request_id = request_id
     readonly = request.method in ("GET", "HEAD")
-    token = _bearer(request)
+    token = bearer.credentials if bearer else request.cookies.get("lorareg_token")
     if token is None:
         if state.auth_required:
             raise Unauthenticated("this registry requires an API token (Authorization: Bearer)")

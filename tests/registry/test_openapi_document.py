@@ -51,10 +51,14 @@ def test_operations_that_know_their_caller_document_401_and_403(spec: dict[str, 
                  ("get", "/api/v1/version")}
     for method, path, op in operations(spec):
         if (method, path) in anonymous:
-            assert "401" not in op["responses"], (method, path)
+            assert "401" not in op["responses"] and "security" not in op, (method, path)
             continue
         assert {"401", "403"} <= set(op["responses"]), (method, path)
         assert op["responses"]["401"]["headers"]["WWW-Authenticate"]["required"]
+        assert op["security"] == [{"ApiToken": []}], (method, path)
+    assert spec["components"]["securitySchemes"]["ApiToken"] == {
+        "type": "http", "scheme": "bearer",
+        "description": "An API token `lrg_<id>_<secret>` (lorareg token create)"}
 
 
 def test_declared_statuses(spec: dict[str, Any]) -> None:

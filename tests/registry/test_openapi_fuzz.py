@@ -48,13 +48,14 @@ MAX_EXAMPLES = 15
 # 64 KiB body limit answers oversized arrays before validation does).
 # Not checked: `positive_data_acceptance`. Path segments (ns, name, sel, channel, digest) are
 # plain strings in the document, so most schema-valid values are malformed names (400) or
-# name nothing (404), as designed. `ignored_auth`, `use_after_free` and
-# `ensure_resource_availability` would pass without testing anything: the document declares no
-# security scheme (auth is a Bearer header read by registry/api/deps.py) and no links.
+# name nothing (404), as designed. `use_after_free` and `ensure_resource_availability` would
+# pass without testing anything: the document declares no links. `ignored_auth` is on: every
+# operation that declares the ApiToken bearer scheme is re-sent without it (and with a bogus
+# token) and must be refused.
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
           checks.content_type_conformance, checks.response_headers_conformance,
           checks.response_schema_conformance, checks.negative_data_rejection,
-          checks.unsupported_method, checks.missing_required_header]
+          checks.unsupported_method, checks.missing_required_header, checks.ignored_auth]
 SEED_NS, SEED_NAME, SEED_CHANNEL = "acme", "bot", "staging"
 SEED_FILES = adapter_files()
 SEED_DIGESTS = sorted(hashlib.sha256(data).hexdigest() for data in SEED_FILES.values())
