@@ -335,7 +335,8 @@ class Bench:
         used = tuple(b - a for a, b in zip(cpu, self.cpu(), strict=True))
         client, api, moto = used
         print(f"  {label:<44} {seconds:7.2f} s {size / MIB / seconds:8.1f} MiB/s"
-              f"   CPU s: client {client:5.2f}  API {api:5.2f}  moto {moto:5.2f}", flush=True)
+              f"   CPU s: client {client:5.2f}  API {api:5.2f}  moto {moto:5.2f}"
+              f"   load {os.getloadavg()[0]:.1f}", flush=True)
         old = self.results.get(label)
         if old is None or seconds < old.seconds:
             self.results[label] = Result(seconds, size, (client, api, moto))
@@ -546,7 +547,9 @@ PULL_GOAL = 0.7
 
 
 def report(bench: Bench, latency: dict[str, Latency]) -> None:
-    print("\nbest of runs (CPU seconds of that run):")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nload average at the end: {load}")
+    print("best of runs (CPU seconds of that run):")
     for label, r in bench.results.items():
         client, server, moto = r.cpu
         print(f"  {label:<44} {r.seconds:7.2f} s {r.mib_s:8.1f} MiB/s"

@@ -88,6 +88,16 @@ def metric_rows(metrics: Mapping[str, float] | Sequence[Mapping[str, Any]] | Non
     return [dict(m) for m in metrics]
 
 
+def body_chunks(response: httpx.Response) -> Iterator[bytes]:
+    """A download's body as received: the raw stream (no decoder or re-chunking on the way)
+    unless the server encoded it (e.g. gzip) or the body was read already (a response built
+    in memory), which ``iter_bytes`` handles."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity") and not response.is_stream_consumed:
+        return response.iter_raw()
+    return response.iter_bytes()
+
+
 # ------------------------------------------------------------------------------- client
 
 
@@ -481,7 +491,7 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin):
                 start = range_start(response.status_code, response.headers.get("content-range"))
                 if sink.size and start != sink.size:
                     sink.restart()  # the server (or the presigned URL) ignored our Range
-                sink.write_from(response.iter_bytes())
+                sink.write_from(body_chunks(response))
                 return
             except httpx.TransportError as exc:
                 if attempt >= self.retry.retries:

@@ -14,8 +14,10 @@ RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 class AsyncBodyReader:
     """``read(n)`` for a worker thread, pulling chunks of an ASGI request body from the loop.
 
-    Memory stays at one received chunk plus the store's part buffer: the body is never
-    spooled whole.
+    One ``read`` crosses to the event loop once and gathers there as many ASGI messages as it
+    takes to have ``n`` bytes (a message is often 64 KiB or less; a crossing costs about as
+    much as handling one). Memory stays at ``n`` bytes plus one received chunk: the body is
+    never spooled whole.
     """
 
     def __init__(self, body: AsyncIterator[bytes]) -> None:
@@ -24,22 +26,25 @@ class AsyncBodyReader:
         self._done = False
         self.received = 0
 
-    async def _next(self) -> bytes:
-        try:
-            return await self._body.__anext__()
-        except StopAsyncIteration:
-            return b""
-
-    def read(self, n: int = -1) -> bytes:
+    async def _fill(self, n: int) -> None:
+        """On the loop: receive until ``n`` bytes are buffered (all of it if ``n < 0``)."""
         while not self._done and (n < 0 or len(self._buf) < n):
-            chunk = anyio.from_thread.run(self._next)
+            try:
+                chunk = await self._body.__anext__()
+            except StopAsyncIteration:
+                chunk = b""
             if not chunk:
                 self._done = True
                 break
             self.received += len(chunk)
             self._buf += chunk
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._done and (n < 0 or len(self._buf) < n):
+            anyio.from_thread.run(self._fill, n)
         size = len(self._buf) if n < 0 else min(n, len(self._buf))
-        out = bytes(self._buf[:size])
+        with memoryview(self._buf) as view:
+            out = bytes(view[:size])  # one copy (a bytearray slice would make two)
         del self._buf[:size]
         return out
 

@@ -11,8 +11,8 @@ from typing import BinaryIO
 
 from registry.blobs.base import (
     _DIGEST_RE,
-    CHUNK_SIZE,
     CONTENT_PREFIX,
+    READ_CHUNK_SIZE,
     UPLOADS_PREFIX,
     BlobInfo,
     _aware,
@@ -65,7 +65,7 @@ def _file_range(f: BinaryIO, start: int, stop: int) -> Iterator[bytes]:
         f.seek(start)
         remaining = stop - start
         while remaining > 0:
-            chunk = f.read(min(CHUNK_SIZE, remaining))
+            chunk = f.read(min(READ_CHUNK_SIZE, remaining))
             if not chunk:  # shrank behind our back; read_verified reports the corruption
                 return
             remaining -= len(chunk)

@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 from registry.blobs.base import (
     _DIGEST_RE,
     _MISSING_CODES,
-    CHUNK_SIZE,
     CONTENT_PREFIX,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
+    READ_CHUNK_SIZE,
     UPLOADS_PREFIX,
     BlobInfo,
     _aware,
@@ -75,7 +75,7 @@ def _b64_digest(digest: str) -> str:
 def _s3_stream(body: StreamingBody) -> Iterator[bytes]:
     try:
         with _s3_errors("read"):
-            yield from body.iter_chunks(CHUNK_SIZE)
+            yield from body.iter_chunks(READ_CHUNK_SIZE)
     finally:
         body.close()
 
