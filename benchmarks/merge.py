@@ -6,20 +6,22 @@ Llama-architecture base with TinyLlama-1.1B's shapes (hidden 2048, MLP 5632, 22 
 ``LlamaForCausalLM``, written tensor by tensor so memory stays bounded) and an r=16 adapter on
 every linear layer of the decoder (float32, PEFT's key names and adapter_config.json).
 
-Then, with the page cache warm, each run in a fresh subprocess (wall time and peak RSS of that
-child, from ``os.wait4``; ``sync`` between runs, outside the timings):
+Then, with the page cache warm, each run in a fresh subprocess (wall time, peak RSS and CPU
+times of that child, from ``os.wait4``), (a) and (c) interleaved ``--repeat`` times, then (b)
+``--repeat`` times:
 
 (a) ``merge_worker.merge.merge_adapter``;
 (b) PEFT: ``AutoModelForCausalLM.from_pretrained(bf16)`` + ``PeftModel.from_pretrained`` +
     ``merge_and_unload`` + ``save_pretrained`` (2 GB shards, like the base);
 (c) ``cp -r`` of the base folder.
 
-Each wall figure is the best of ``--repeat`` runs, each RSS figure the largest. "work" is the
-time the child spends after its imports (torch alone takes seconds to import; a worker process
-pays that once, not per merge). Finally every tensor of (a)'s output is compared with (b)'s
-(``torch.equal``). Usage::
+Each run starts right after the previous output of its command is deleted and ``sync`` ran (see
+``clear``). Neither (a) nor (c) fsyncs its output. Figures: the best and the median of the
+runs (RSS: the largest). "work" is the time the child spends after its imports (torch alone
+takes 1-3 s to import; a worker process pays that once, not per merge). Finally every tensor of
+(a)'s output is compared with (b)'s (``torch.equal``). Usage::
 
-    .venv/bin/python benchmarks/merge.py [--repeat 2] [--data benchmarks/_data/merge]
+    .venv/bin/python benchmarks/merge.py [--repeat 3] [--skip-peft] [--data benchmarks/_data/merge]
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ import json
 import math
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -178,11 +182,26 @@ def ensure_data(data: Path, me: list[str]) -> tuple[Path, Path]:
 
 
 # --- runs ----------------------------------------------------------------------------------
+# This VM hands memory freed for about 2 s back to its host (free page reporting), and the
+# first touch of such memory costs several times a normal page-cache write (seen here: the same
+# `cp -r` takes 0.6 s right after a delete and up to 3 s on such memory). So every run starts
+# writing right after the previous output of the same command is deleted: the parent deletes it
+# just before starting `cp`; a Python child deletes it itself after its imports, instead of 2-3 s
+# of imports earlier, and that deletion (0.3-0.4 s) is taken out of its wall time, as it is
+# outside cp's.
+
+
+def clear(out: Path) -> None:
+    start = time.perf_counter()
+    shutil.rmtree(out, ignore_errors=True)
+    os.sync()
+    print(f"CLEAR {time.perf_counter() - start:.3f}", flush=True)  # taken out of the wall time
 
 
 def child_ours(base: Path, adapter: Path, out: Path) -> None:
     from merge_worker.merge import merge_adapter
 
+    clear(out)
     start = time.perf_counter()
     merge_adapter(base, adapter, out)
     print(f"WORK {time.perf_counter() - start:.3f}", flush=True)
@@ -193,6 +212,7 @@ def child_peft(base: Path, adapter: Path, out: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    clear(out)
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
@@ -200,24 +220,37 @@ def child_peft(base: Path, adapter: Path, out: Path) -> None:
     print(f"WORK {time.perf_counter() - start:.3f}", flush=True)
 
 
-Run = tuple[float, float, float]  # wall s, in-process work s (after imports), peak RSS MiB
+@dataclass(frozen=True)
+class Run:
+    wall: float  # s, fresh process
+    work: float  # s, in the child after its imports
+    rss: float  # MiB, peak
+    user: float  # s of CPU
+    sys: float
+    load: float  # 1-minute load average when it started
 
 
-def measure(command: list[str]) -> Run:
-    """Wall time, in-process work time and peak RSS of one fresh child process."""
-    subprocess.run(["sync"], check=True)
+def measure(command: list[str], out: Path, python_child: bool) -> Run:
+    """Wall time, work time, peak RSS and CPU times of one fresh child process."""
+    os.sync()  # other runs' dirty pages: flushed outside every timing
+    if not python_child:
+        shutil.rmtree(out, ignore_errors=True)
+        os.sync()
+    load = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start - sum(
+        float(line.split()[1]) for line in output.splitlines() if line.startswith("CLEAR "))
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{command} failed with exit code {proc.returncode}")
     work = [float(line.split()[1]) for line in output.splitlines() if line.startswith("WORK ")]
-    return wall, work[0] if work else wall, usage.ru_maxrss / 1024
+    return Run(wall, work[0] if work else wall, usage.ru_maxrss / 1024, usage.ru_utime,
+               usage.ru_stime, load)
 
 
 def warm(folder: Path) -> None:
@@ -263,6 +296,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "_data" / "merge")
+    parser.add_argument("--skip-peft", action="store_true",
+                        help="time only lorareg and cp (no PEFT ratios, no bit check)")
     parser.add_argument("--child", choices=["ours", "peft", "build", "verify"])
     parser.add_argument("paths", nargs="*", type=Path)
     args = parser.parse_args()
@@ -282,35 +317,61 @@ def main() -> None:
         "lorareg": lambda out: [*me, "--child", "ours", str(base), str(adapter), str(out)],
         "peft": lambda out: [*me, "--child", "peft", str(base), str(adapter), str(out)],
     }
-    results: dict[str, Run] = {}
-    for label, command in commands.items():
-        runs_of: list[Run] = []
-        for _ in range(args.repeat):
+    if args.skip_peft:
+        del commands["peft"]
+    results: dict[str, list[Run]] = {label: [] for label in commands}
+    print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
+    # cp and lorareg interleaved, so that load changes hit both alike; PEFT afterwards, as the
+    # gigabytes it frees on exit leave memory that is slower to write for a while (see above)
+    rounds = [["cp -r", "lorareg"]] * args.repeat
+    rounds += [["peft"]] * args.repeat if "peft" in commands else []
+    for labels in rounds:
+        for label in labels:
             out = runs / label.replace(" ", "")
-            shutil.rmtree(out, ignore_errors=True)
-            runs_of.append(measure(command(out)))
-            wall, work, rss = runs_of[-1]
-            print(f"  {label:8s} {wall:7.2f} s  (work {work:6.2f} s)  {rss:8.0f} MiB", flush=True)
-        results[label] = (min(r[0] for r in runs_of), min(r[1] for r in runs_of),
-                          max(r[2] for r in runs_of))
+            run = measure(commands[label](out), out, python_child=label != "cp -r")
+            results[label].append(run)
+            print(f"  {label:8s} {run.wall:7.2f} s  (work {run.work:6.2f} s)  "
+                  f"{run.rss:6.0f} MiB  cpu {run.user:5.2f} user {run.sys:5.2f} sys  "
+                  f"load {run.load:.2f}", flush=True)
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
     report(results, base)
-    subprocess.run([*me, "--child", "verify", str(runs / "lorareg"), str(runs / "peft")],
-                   check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if not args.skip_peft:
+        subprocess.run([*me, "--child", "verify", str(runs / "lorareg"), str(runs / "peft")],
+                       check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     shutil.rmtree(runs, ignore_errors=True)
 
 
-def report(results: dict[str, Run], base: Path) -> None:
+def report(results: dict[str, list[Run]], base: Path) -> None:
     size = sum(p.stat().st_size for p in base.iterdir()) / 1e9
-    ours, peft, cp = results["lorareg"], results["peft"], results["cp -r"]
     print(f"\nbase: {size:.2f} GB bf16, r={RANK} adapter on {len(TARGETS)} linear layers x 22")
-    print(f"{'run':10s} {'wall s':>8s} {'work s':>8s} {'peak RSS MiB':>14s}")
-    for label, (wall, work, rss) in results.items():
-        print(f"{label:10s} {wall:8.2f} {work:8.2f} {rss:14.0f}")
-    print(f"ours/PEFT wall          {ours[0] / peft[0]:.3f}  (goal <= 0.5)")
-    print(f"ours/PEFT peak RSS      {ours[2] / peft[2]:.3f}  (goal <= 0.2)")
-    print(f"ours/cp wall            {ours[0] / cp[0]:.3f}  (goal <= 2)")
-    print(f"ours/PEFT work          {ours[1] / peft[1]:.3f}  (after imports)")
-    print(f"ours/cp work            {ours[1] / cp[1]:.3f}  (after imports: a long-lived worker)")
+    print("best (median) of each; RSS: largest; CPU: median. Neither lorareg nor cp fsyncs.")
+    print(f"{'run':8s} {'wall s':>13s} {'work s':>13s} {'peak MiB':>9s} {'user s':>7s} "
+          f"{'sys s':>6s}")
+    for label, runs in results.items():
+        print(f"{label:8s} {best(runs, 'wall'):5.2f} ({median(runs, 'wall'):5.2f}) "
+              f"{best(runs, 'work'):5.2f} ({median(runs, 'work'):5.2f}) "
+              f"{max(r.rss for r in runs):9.0f} {median(runs, 'user'):7.2f} "
+              f"{median(runs, 'sys'):6.2f}")
+    ours, cp = results["lorareg"], results["cp -r"]
+    ratios = [("ours/cp wall", ours, cp, "wall", "goal <= 2"),
+              ("ours/cp work", ours, cp, "work", "after imports: a long-lived worker")]
+    if "peft" in results:
+        peft = results["peft"]
+        ratios += [("ours/PEFT wall", ours, peft, "wall", "goal <= 0.5"),
+                   ("ours/PEFT work", ours, peft, "work", "after imports")]
+        print(f"ours/PEFT peak RSS       {max(r.rss for r in ours) / max(r.rss for r in peft):.3f}"
+              "  (goal <= 0.2)")
+    for name, mine, peer, field, note in ratios:
+        print(f"{name:24s} {best(mine, field) / best(peer, field):.3f}  "
+              f"(medians: {median(mine, field) / median(peer, field):.3f})  ({note})")
+
+
+def best(runs: list[Run], field: str) -> float:
+    return min(float(getattr(r, field)) for r in runs)
+
+
+def median(runs: list[Run], field: str) -> float:
+    return float(statistics.median(getattr(r, field) for r in runs))
 
 
 if __name__ == "__main__":

@@ -6,14 +6,28 @@ The order of operations, and why each step is what it is, is the merge spec in
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping
+import os
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from types import TracebackType
 
 import torch
 
+from registry.errors import ValidationFailed
 from registry.lora_layout import AdapterLayout, LoraModule
 
+FINITE_CHECKED = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16})
 BLOCK_ELEMENTS = 1 << 18  # rows of B @ A handled at once: 1 MiB of float32, cache-sized
+# MKL computes a product of fewer than 4 rows with other kernels, whose float32 results differ
+# in the last bit from the same rows of a larger product; blocks stay far above that.
+MIN_BLOCK_ROWS = 64
+# Threads sharing one tensor's row blocks (the calling thread included): one per CPU this
+# process may use, at most 4 (the writer thread needs CPU too).
+COMPUTE_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else os.cpu_count() or 1))  # (no affinity API on macOS)
 
 
 class Merger:
@@ -24,9 +38,17 @@ class Merger:
         self.weights = {m.base_weight: m for m in layout.modules}
         self.biases = {m.base_bias: m for m in layout.modules if m.bias_key}
         self.replacements = {r.base_name: r.key for r in layout.replacements}
-        self.scratch = Scratch()
+        self.crew = Crew(COMPUTE_THREADS)
+        self.scratch = self.crew.scratch[0]
         self.merged = 0
         self.replaced = 0
+
+    def __enter__(self) -> Merger:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.crew.close()
 
     def touches(self, name: str) -> bool:
         return name in self.weights or name in self.biases or name in self.replacements
@@ -34,16 +56,19 @@ class Merger:
     def build(self, name: str, base: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
         """The output tensor ``name``: from ``base`` (a read-only view of the base tensor, None
         when the adapter replaces it), written into ``out`` (a free buffer of its dtype and
-        shape) where possible."""
+        shape) where possible. Raises ValidationFailed if it is not finite."""
         if name in self.replacements:
             base = self.adapter[self.replacements[name]].to(out.dtype)
             self.replaced += 1
         assert base is not None
         module = self.weights.get(name)
+        checked = False  # the plain LoRA path checks block by block, while each is in cache
         if module is not None and module.magnitude_key is None and module.kind != "embedding":
             a, b = self._factor(module.a_key, out), self._factor(module.b_key, out)
-            _add_lora(base, out, a, b, module.scaling, module.kind == "conv1d", self.scratch)
-            weight = out
+            low, high = _add_lora(base, out, a, b, module.scaling, module.kind == "conv1d",
+                                  self.crew)
+            _check_extremes(name, low, high)
+            weight, checked = out, True
         else:
             weight = out.copy_(base)
             if module is not None:
@@ -52,7 +77,9 @@ class Merger:
         if name in self.biases:
             bias_module = self.biases[name]
             weight += self._factor(bias_module.bias_key, weight) * bias_module.scaling
-            self.merged += 1
+            self.merged, checked = self.merged + 1, False
+        if not checked:
+            ensure_finite(name, weight)
         return weight
 
     def _factor(self, key: str | None, weight: torch.Tensor) -> torch.Tensor:
@@ -79,20 +106,28 @@ class Merger:
 
 
 def _add_lora(base: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-              scaling: float, fifo: bool, scratch: Scratch) -> None:
+              scaling: float, fifo: bool, crew: Crew) -> tuple[float, float]:
     """Linear.merge's ``weight += transpose(B @ A, fifo) * scaling`` from ``base`` into ``out``,
-    by blocks of rows of ``B @ A`` that stay in cache. Every element gets exactly PEFT's
-    operations: its own dot product over r (row blocks of a matmul compute the same values),
-    the float32 product with ``scaling``, the float32 sum with the weight and one rounding to
-    the weight's dtype."""
-    rows = max(1, BLOCK_ELEMENTS // a.shape[1])
-    for start in range(0, b.shape[0], rows):
-        b_rows = b[start:start + rows]
+    by blocks of rows of ``B @ A`` that stay in cache, shared by ``crew``'s threads. Every
+    element gets exactly PEFT's operations: its own dot product over r (blocks of at least
+    ``MIN_BLOCK_ROWS`` rows of a product compute the values of the whole product), the float32
+    product with ``scaling``, the float32 sum with the weight and one rounding to the weight's
+    dtype. Blocks write disjoint parts of ``out``.
+    Returns the smallest and largest value of ``out`` (taken block by block, while in cache)."""
+    rows = max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(1, a.shape[1]))
+    # the last block takes the remainder, so no block has fewer than ``rows`` rows unless the
+    # whole product has (and is then computed in one piece, exactly as PEFT computes it)
+    count = max(1, b.shape[0] // rows) if b.shape[0] else 0
+    extremes: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def block(index: int, scratch: Scratch) -> None:
+        rows_of = slice(index * rows, b.shape[0] if index == count - 1 else (index + 1) * rows)
+        b_rows = b[rows_of]
         product = scratch.get(0, a.dtype, (b_rows.shape[0], a.shape[1]))
         torch.matmul(b_rows, a, out=product)
         product.mul_(scaling)
-        block = slice(start, start + rows)
-        source, target = (base[:, block], out[:, block]) if fifo else (base[block], out[block])
+        source, target = (base[:, rows_of], out[:, rows_of]) if fifo else (base[rows_of],
+                                                                            out[rows_of])
         delta = _transpose(product, fifo)
         if target.dtype == delta.dtype:
             torch.add(source, delta, out=target)
@@ -101,6 +136,103 @@ def _add_lora(base: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.T
             wide.copy_(source)
             wide += delta
             target.copy_(wide)
+        if target.numel():
+            extremes.append(torch.aminmax(target))  # list.append is atomic
+
+    crew.run(count, block)
+    if not extremes:
+        return 0.0, 0.0
+    return (float(torch.stack([low for low, _ in extremes]).min()),
+            float(torch.stack([high for _, high in extremes]).max()))
+
+
+Job = Callable[[int, "Scratch"], None]
+
+
+class Crew:
+    """The calling thread and ``threads - 1`` helper threads run ``job(i, scratch)`` for the
+    ``i`` of one task, each thread taking the next ``i`` when it is free (so a helper that the
+    OS does not schedule, on a busy machine, delays nothing but its own block). Each thread has
+    its own :class:`Scratch`. Torch releases the GIL inside its kernels, so the threads compute
+    in parallel; each runs torch single-threaded."""
+
+    def __init__(self, threads: int) -> None:
+        self.scratch = [Scratch() for _ in range(threads)]
+        self._tasks: list[queue.SimpleQueue[Callable[[Scratch], None] | None]] = []
+        self._done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._helpers: list[threading.Thread] = []
+        for scratch in self.scratch[1:]:
+            tasks: queue.SimpleQueue[Callable[[Scratch], None] | None] = queue.SimpleQueue()
+            helper = threading.Thread(target=self._serve, args=(tasks, scratch),
+                                      name="merge-rows", daemon=True)
+            helper.start()
+            self._tasks.append(tasks)
+            self._helpers.append(helper)
+
+    def run(self, count: int, job: Job) -> None:
+        """Run ``job(i, scratch)`` for every ``i`` in ``range(count)``; returns when all have
+        run, raising the first error (the other threads then stop taking blocks)."""
+        taken, lock, failed = itertools.count(), threading.Lock(), threading.Event()
+
+        def drain(scratch: Scratch) -> None:
+            while not failed.is_set():
+                with lock:
+                    index = next(taken)
+                if index >= count:
+                    return
+                try:
+                    job(index, scratch)
+                except BaseException:
+                    failed.set()
+                    raise
+
+        helpers = self._tasks[:max(0, count - 1)]
+        for tasks in helpers:
+            tasks.put(drain)
+        errors: list[BaseException] = []
+        try:
+            drain(self.scratch[0])
+        except BaseException as exc:
+            errors.append(exc)
+        for _ in helpers:
+            error = self._done.get()
+            if error is not None:
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        for tasks in self._tasks:
+            tasks.put(None)
+        for helper in self._helpers:
+            helper.join()
+
+    def _serve(self, tasks: queue.SimpleQueue[Callable[[Scratch], None] | None],
+               scratch: Scratch) -> None:
+        # OpenMP's thread count is per thread: without this, each torch op here would start
+        # its own team of threads.
+        torch.set_num_threads(1)
+        while (task := tasks.get()) is not None:
+            try:
+                task(scratch)
+            except BaseException as exc:  # handed to the thread that called run()
+                self._done.put(exc)
+            else:
+                self._done.put(None)
+
+
+def ensure_finite(name: str, tensor: torch.Tensor) -> None:
+    """NaN propagates through min/max and inf shows in them: one cheap pass, no mask."""
+    if tensor.dtype not in FINITE_CHECKED or tensor.numel() == 0:
+        return
+    low, high = torch.aminmax(tensor)
+    _check_extremes(name, float(low), float(high))
+
+
+def _check_extremes(name: str, low: float, high: float) -> None:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValidationFailed(f"merged tensor {name} has NaN or infinite values; the adapter "
+                               "(or the base) is broken", tensor=name)
 
 
 class Scratch:

@@ -40,30 +40,35 @@ never takes its fp16/bf16-on-CPU cast branch. With ``W`` the base tensor in its 
 Every output tensor must be finite (else :class:`~registry.errors.ValidationFailed` naming it).
 
 Faster, same bits (:mod:`merge_worker.lora_math`): for plain linear/Conv1D modules ``B @ A``,
-``* s`` and the add run by cache-sized blocks of rows of ``B @ A`` (row blocks of a matmul give
-every element the same dot product over r; tests and the benchmark check it against PEFT), in
-reused buffers (``matmul(out=)``, ``mul_``), and the mixed-dtype ``W += delta`` is done as
+``* s`` and the add run by cache-sized blocks of rows of ``B @ A``, in reused buffers
+(``matmul(out=)``, ``mul_``), and the mixed-dtype ``W += delta`` is done as
 ``wide.copy_(W); wide += delta; W.copy_(wide)`` (the same float32 sum and single rounding,
-without torch's slow mixed-dtype kernel). Torch runs single-threaded during a merge: the writer
-thread needs the other core, and small ops scale badly across threads.
+without torch's slow mixed-dtype kernel). A block has at least ``MIN_BLOCK_ROWS`` (64) rows, the
+last one taking the remainder: MKL computes products of 1-3 rows with other kernels, whose
+float32 results differ from the whole product's in the last bit, while larger row blocks give
+every element the whole product's dot product over r (tests, and the benchmark at full size,
+check the output against PEFT bit for bit). The blocks of one tensor are shared by one thread
+per CPU (at most 4; torch releases the GIL in its kernels), each running torch single-threaded
+(OpenMP teams in small ops scale badly, worst on a busy machine); each block is checked finite
+while it is in cache.
 
 Streaming (:mod:`merge_worker.shards`): merged tensors keep name, dtype and shape, so each output
-shard has the base shard's exact header and tensor offsets. The header is copied, then tensors
-are written in offset order by a writer thread (overlapping disk writes with the maths). Base
-tensors are read through a memory map and dropped from memory once used; merged tensors go
-through two reusable buffers; untouched tensors are checked in 16 MiB pieces and copied by the
-kernel (``copy_file_range``). Memory stays near two tensors plus the adapter (plus float32 scratch
-of one tensor for embeddings and DoRA). Shard file names, the tensor->file map and the index are
-kept; every other non-weight file is copied. Everything is written into a hidden sibling folder
-renamed to ``out_dir`` at the end, so ``out_dir`` is never half-written (an existing non-empty
-``out_dir`` is refused). Nothing is fsynced: the caller uploads or fingerprints the result.
+shard has the base shard's exact header and tensor offsets. A writer thread writes the header,
+then copies the untouched tensors (checked in 16 MiB pieces first, copied by the kernel with
+``copy_file_range``) while the merged tensors are computed, then writes those in offset order
+(overlapping disk writes with the maths). Base tensors are read through a memory map and dropped
+from memory once used; merged tensors go through two reusable buffers. Memory stays near two tensors
+plus the adapter (plus float32 scratch of one tensor for embeddings and DoRA). Shard file names, the
+tensor->file map and the index are kept; every other non-weight file is copied. Everything is
+written into a hidden sibling folder renamed to ``out_dir`` at the end, so ``out_dir`` is never
+half-written (an existing non-empty ``out_dir`` is refused). Nothing is fsynced: the caller uploads
+or fingerprints the result.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import shutil
 import threading
@@ -77,7 +82,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from merge_worker.lora_math import Merger
+from merge_worker.lora_math import Merger, ensure_finite
 from merge_worker.shards import (
     DTYPES,
     Entry,
@@ -89,7 +94,7 @@ from merge_worker.shards import (
     write_all_at,
 )
 from registry.compat import ensure_compatible_shapes, unmergeable_targets
-from registry.errors import Conflict, IncompatibleBase, InvalidAdapter, ValidationFailed
+from registry.errors import Conflict, IncompatibleBase, InvalidAdapter
 from registry.lora_layout import (
     AdapterLayout,
     analyze_adapter,
@@ -109,7 +114,6 @@ WRITE_SLOTS = 2
 # Weights in other formats would be stale (unmerged) copies: never carried over.
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json",
                    "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.gguf", "*.onnx", ".*")
-FINITE_CHECKED = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16})
 
 
 class MergeCancelled(Exception):
@@ -148,8 +152,9 @@ def merge_adapter(
     (see the module docstring for the exact spec)."""
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     plan = _prepare(base_dir, adapter_dir, out_dir)
-    merger = Merger(plan.layout, load_file(adapter_dir / ADAPTER_WEIGHTS))
-    with _staging(out_dir) as tmp, _torch_threads.single():
+    adapter = load_file(adapter_dir / ADAPTER_WEIGHTS)
+    with (_torch_threads.single(), Merger(plan.layout, adapter) as merger,
+          _staging(out_dir) as tmp):
         _write_shards(plan, merger, tmp, _Progress(plan, progress, should_cancel))
         _copy_other_files(base_dir, tmp, {s.name for s in plan.shards})
         if plan.index is not None:
@@ -328,14 +333,19 @@ def _slot_bytes(plan: _Plan, merger: Merger) -> int:
 
 def _write_shard(reader: ShardReader, dst: int, merger: Merger, writer: Writer,
                  progress: _Progress) -> None:
+    """Untouched tensors first: the writer thread copies them while the merged ones are
+    computed, instead of the merge waiting for the last copies at the end."""
     shard = reader.shard
-    writer.submit(writer.slot(), functools.partial(write_all_at, dst, memoryview(shard.header), 0))
-    for entry in shard.entries:
-        progress.step(entry, shard.name)
-        if merger.touches(entry.name):
-            _write_merged(reader, dst, entry, merger, writer)
-        else:
+    writer.submit(None, functools.partial(write_all_at, dst, memoryview(shard.header), 0))
+    touched = [merger.touches(entry.name) for entry in shard.entries]
+    for entry, merged in zip(shard.entries, touched, strict=True):
+        if not merged:
+            progress.step(entry, shard.name)
             _copy_checked(reader, dst, entry, writer)
+    for entry, merged in zip(shard.entries, touched, strict=True):
+        if merged:
+            progress.step(entry, shard.name)
+            _write_merged(reader, dst, entry, merger, writer)
 
 
 def _write_merged(reader: ShardReader, dst: int, entry: Entry, merger: Merger,
@@ -343,8 +353,7 @@ def _write_merged(reader: ShardReader, dst: int, entry: Entry, merger: Merger,
     slot = writer.slot()
     out = slot[:entry.nbytes].view(DTYPES[entry.dtype]).view(entry.shape)
     tensor = merger.build(entry.name, reader.tensor(entry), out).contiguous()
-    reader.release(entry.start, entry.end)
-    _ensure_finite(entry.name, tensor)
+    reader.release(entry.start, entry.end)  # (build checked it is finite)
     data = bytes_of(tensor)  # keeps ``tensor`` alive until written
     writer.submit(slot, functools.partial(write_all_at, dst, data, entry.start))
 
@@ -354,8 +363,9 @@ def _copy_checked(reader: ShardReader, dst: int, entry: Entry, writer: Writer) -
     for start in range(entry.start, entry.end, COPY_CHUNK):
         end = min(start + COPY_CHUNK, entry.end)
         piece = Entry(entry.name, entry.dtype, ((end - start) // _itemsize(entry),), start, end)
-        _ensure_finite(entry.name, reader.tensor(piece))
-        writer.submit(writer.slot(), functools.partial(_copy_piece, reader, dst, start, end))
+        ensure_finite(entry.name, reader.tensor(piece))
+        reader.release(start, end)  # the copy below does not need these pages mapped
+        writer.submit(None, functools.partial(_copy_piece, reader, dst, start, end))
 
 
 def _copy_piece(reader: ShardReader, dst: int, start: int, end: int) -> None:
@@ -365,16 +375,6 @@ def _copy_piece(reader: ShardReader, dst: int, start: int, end: int) -> None:
 
 def _itemsize(entry: Entry) -> int:
     return torch.empty((), dtype=DTYPES[entry.dtype]).element_size()
-
-
-def _ensure_finite(name: str, tensor: torch.Tensor) -> None:
-    """NaN propagates through min/max and inf shows in them: one cheap pass, no mask."""
-    if tensor.dtype not in FINITE_CHECKED or tensor.numel() == 0:
-        return
-    low, high = torch.aminmax(tensor)
-    if not (math.isfinite(float(low)) and math.isfinite(float(high))):
-        raise ValidationFailed(f"merged tensor {name} has NaN or infinite values; the adapter "
-                               "(or the base) is broken", tensor=name)
 
 
 def _copy_other_files(base_dir: Path, tmp: Path, shard_names: set[str]) -> None:

@@ -7,7 +7,8 @@
   use of a memory mapping, and drops ranges from the process's resident set once used (the page
   cache keeps them), so memory stays bounded however large the shard.
 * :class:`Writer` writes on a background thread, so disk writes overlap the maths; a fixed set of
-  reusable byte slots bounds memory and avoids fresh allocations (and page faults) per tensor.
+  reusable byte slots bounds memory and avoids fresh allocations (and page faults) per tensor;
+  kernel-side copies need no slot.
 
 The safetensors package has no API for byte offsets or incremental writing, hence this module;
 the header format is 8 bytes of little-endian length, a JSON object, then the raw data.
@@ -168,8 +169,9 @@ def write_all_at(fd: int, view: memoryview, offset: int) -> None:
 class Writer:
     """Runs write jobs in order on one background thread.
 
-    Each job holds one of ``slots`` reusable byte buffers (acquired with :meth:`slot`) until it
-    has run, so at most ``slots`` tensors are in flight. Use as a context manager: leaving it
+    A job may hold one of ``slots`` reusable byte buffers (acquired with :meth:`slot`) until it
+    has run, so at most ``slots`` tensors are in flight; jobs that need no buffer (kernel-side
+    copies) take none and never wait. Use as a context manager: leaving it
     waits for every queued job and re-raises the first write error.
     """
 
@@ -178,7 +180,8 @@ class Writer:
         self._free: queue.Queue[torch.Tensor] = queue.Queue()
         for _ in range(slots):
             self._free.put(torch.empty(slot_bytes, dtype=torch.uint8))
-        self._jobs: queue.Queue[tuple[Callable[[], object], torch.Tensor] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[Callable[[], object], torch.Tensor | None] | None] = (
+            queue.Queue())
         self._error: BaseException | None = None
         self._abort = False
         self._thread = threading.Thread(target=self._run, name="merge-writer", daemon=True)
@@ -189,8 +192,8 @@ class Writer:
         self._raise_error()
         return self._free.get()
 
-    def submit(self, slot: torch.Tensor, job: Callable[[], object]) -> None:
-        """Run ``job`` after every earlier job, then give ``slot`` back."""
+    def submit(self, slot: torch.Tensor | None, job: Callable[[], object]) -> None:
+        """Run ``job`` after every earlier job, then give ``slot`` (if any) back."""
         self._jobs.put((job, slot))
 
     def __enter__(self) -> Writer:
@@ -213,7 +216,8 @@ class Writer:
             except BaseException as exc:  # handed to the main thread
                 self._error = exc
             finally:
-                self._free.put(slot)
+                if slot is not None:
+                    self._free.put(slot)
 
     def _raise_error(self) -> None:
         if self._error is not None:

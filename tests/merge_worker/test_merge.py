@@ -272,7 +272,8 @@ def test_row_blocks_do_not_change_bits(
     tiny_models: TinyModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     """The merge computes B @ A by blocks of rows; tiny blocks must give PEFT's bits too."""
-    monkeypatch.setattr(lora_math, "BLOCK_ELEMENTS", 40)  # 1-2 rows per block here
+    monkeypatch.setattr(lora_math, "BLOCK_ELEMENTS", 40)
+    monkeypatch.setattr(lora_math, "MIN_BLOCK_ROWS", 4)  # 4-7 rows per block here
     family, lora = CASES[case]
     base = tiny_models.base(family, "bf16")
     adapter = tiny_models.adapter(base, **lora)
