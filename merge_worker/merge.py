@@ -74,13 +74,12 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from merge_worker.lora_math import Merger, ensure_finite
 from merge_worker.shards import (
@@ -152,9 +151,11 @@ def merge_adapter(
     (see the module docstring for the exact spec)."""
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     plan = _prepare(base_dir, adapter_dir, out_dir)
-    adapter = load_file(adapter_dir / ADAPTER_WEIGHTS)
-    with (_torch_threads.single(), Merger(plan.layout, adapter) as merger,
-          _staging(out_dir) as tmp):
+    # read-only views of the adapter file's pages (no copy into fresh memory)
+    with (closing(ShardReader(read_shard(adapter_dir / ADAPTER_WEIGHTS))) as adapter_file,
+          _torch_threads.single(),
+          Merger(plan.layout, {e.name: adapter_file.tensor(e) for e in adapter_file.shard.entries})
+          as merger, _staging(out_dir) as tmp):
         _write_shards(plan, merger, tmp, _Progress(plan, progress, should_cancel))
         _copy_other_files(base_dir, tmp, {s.name for s in plan.shards})
         if plan.index is not None:
