@@ -21,7 +21,7 @@ against each server in turn (the others idle):
 
 Usage::
 
-    .venv/bin/python benchmarks/resolve.py [--duration 10] [--rounds 3] [--workers 2] [--skip-mlflow]
+    .venv/bin/python benchmarks/resolve.py [--duration 10] [--rounds 3] [--skip-mlflow]
 """
 
 from __future__ import annotations
