@@ -188,3 +188,12 @@ async def get_ctx(request: Request, state: Annotated[State, Depends(get_state)],
 
 
 CtxDep = Annotated[Ctx, Depends(get_ctx)]
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """An ``If-None-Match`` header names ``etag``: weak comparison (RFC 9110 8.8.3.2), lists
+    and ``*`` included."""
+    if not if_none_match:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags

@@ -281,6 +281,11 @@ _RANGE = {"name": "Range", "in": "header", "required": False, "schema": {"type":
                          "anything else is ignored (RFC 9110)"}
 _IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False,
                   "schema": {"type": "string"}, "description": "the ETag you hold: 304"}
+_BLOB_NOT_MODIFIED = {"description": "Not modified: If-None-Match named this blob (decided "
+                                     "before Range)",
+                      "headers": {"ETag": _BLOB_HEADERS["ETag"]}}
+_RESOLVE_HEADERS = {"ETag": header("the channel's state; changes with every promotion"),
+                    "Cache-Control": header("no-cache")}
 _ELSEWHERE: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/api/v1/blobs/{digest}"): {
         "parameters": [_RANGE, _IF_NONE_MATCH],
@@ -289,22 +294,27 @@ _ELSEWHERE: dict[tuple[str, str], dict[str, Any]] = {
                     "content": _BINARY},
             "206": {"description": "The requested range of the blob", "headers": _PART_HEADERS,
                     "content": _BINARY},
-            "304": {"description": "Not modified: If-None-Match named this blob",
-                    "headers": {"ETag": _BLOB_HEADERS["ETag"]}},
-            "307": _REDIRECT, "416": _UNSATISFIABLE, **responses(503)},
+            "304": _BLOB_NOT_MODIFIED, "307": _REDIRECT, "416": _UNSATISFIABLE,
+            **responses(503)},
     },
     ("head", "/api/v1/blobs/{digest}"): {
-        "parameters": [_RANGE],
+        "parameters": [_RANGE, _IF_NONE_MATCH],
         "responses": {
             "200": {"description": "The blob exists (headers only)", "headers": _BLOB_HEADERS,
                     "content": {}},
             "206": {"description": "The range exists (headers only)", "headers": _PART_HEADERS,
                     "content": {}},
-            "307": _REDIRECT, "416": _UNSATISFIABLE, **responses(503)},
+            "304": _BLOB_NOT_MODIFIED, "307": _REDIRECT, "416": _UNSATISFIABLE,
+            **responses(503)},
     },
     ("put", "/api/v1/blobs/{digest}"): {"responses": responses(503)},
-    ("get", "/api/v1/resolve/{ns}/{target}"): {"responses": {"200": {"headers": {
-        "ETag": header("the channel's state; changes with every promotion"),
-        "Cache-Control": header("no-cache")}}}},
+    ("get", "/api/v1/resolve/{ns}/{target}"): {
+        "parameters": [{**_IF_NONE_MATCH,
+                        "description": "the ETag of your last answer: 304 while the channel "
+                                       "is unchanged (never with presigned URLs)"}],
+        "responses": {
+            "200": {"headers": _RESOLVE_HEADERS},
+            "304": {"description": "Not modified: the channel is as your ETag says",
+                    "headers": _RESOLVE_HEADERS}}},
     ("post", "/api/v1/resolve"): {"responses": responses(404)},
 }

@@ -74,6 +74,9 @@ def test_fast_path_answers_what_the_app_answers(api: Api) -> None:
     assert fast_only(api).get(URL, headers={**h(api.admin), **etag}).status_code == 304
     assert fast_only(api).get(URL, headers={**h(api.admin), "If-None-Match": 'W/"0-0"'}
                               ).status_code == 200
+    listed = {"If-None-Match": f'W/"0-0", {slow.headers["etag"]}'}
+    assert api.client.get(URL, headers={**h(api.admin), **listed}).status_code == 304
+    assert fast_only(api).get(URL, headers={**h(api.admin), **listed}).status_code == 304
 
     # The fast path's requests are counted under the route like the app's.
     metrics = api.client.get("/metrics", headers=h(api.admin)).text

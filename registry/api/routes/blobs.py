@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from registry.api import schemas as s
-from registry.api.deps import CtxDep
+from registry.api.deps import CtxDep, etag_matches
 from registry.api.streams import AsyncBodyReader, parse_range
 from registry.blobs import BlobInfo
 from registry.errors import BadRequest, PayloadTooLarge
@@ -79,16 +79,18 @@ def download(digest: str, request: Request, ctx: CtxDep) -> Response:
         url = ctx.store.presign_get(digest, settings.presign_ttl_seconds)
         if url:
             return RedirectResponse(url, status_code=307)
+    etag = f'"{digest}"'
+    if etag_matches(request.headers.get("if-none-match"), etag):  # before Range (RFC 9110)
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
     span = parse_range(request.headers.get("range"), size)
     start, end = span or (0, size)
-    headers = {"ETag": f'"{digest}"', "Accept-Ranges": "bytes",
+    headers = {"ETag": etag, "Accept-Ranges": "bytes",
                "Content-Length": str(end - start), "Cache-Control": IMMUTABLE}
     if span:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     code = 206 if span else 200
-    if request.method == "GET" and request.headers.get("if-none-match") == headers["ETag"]:
-        return Response(status_code=304, headers={"ETag": headers["ETag"]})
     if request.method == "HEAD":
         return Response(status_code=code, headers=headers)
     return StreamingResponse(_counted(ctx, ctx.store.open(digest, start, end)), status_code=code,
                              headers=headers, media_type="application/octet-stream")
+

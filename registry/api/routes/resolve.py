@@ -13,7 +13,7 @@ from sqlalchemy import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from registry.api import schemas as s
-from registry.api.deps import LOCAL_PRINCIPAL, Ctx, CtxDep, State
+from registry.api.deps import LOCAL_PRINCIPAL, Ctx, CtxDep, State, etag_matches
 from registry.errors import BadRequest, NotFound
 from registry.models import Adapter, Channel, Namespace
 from registry.refs import check_channel, check_namespace, parse_adapter_name
@@ -115,12 +115,10 @@ def answer(state: State, base_url: str, snap: Snapshot, target: Target, canary: 
 def not_modified(state: State, if_none_match: str | None, snap: Snapshot) -> bool:
     """A poll whose ETag still holds. For one URL (one key) the answer depends only on the
     channel's revision, except that presigned URLs age: with presigning on, always answer."""
-    return (if_none_match is not None and if_none_match == snap.etag
-            and not state.settings.presign_downloads)
+    return etag_matches(if_none_match, snap.etag) and not state.settings.presign_downloads
 
 
-@router.get("/{ns}/{target}", response_model=s.ResolveOut,
-            responses={304: {"description": "the channel has not changed (If-None-Match)"}})
+@router.get("/{ns}/{target}", response_model=s.ResolveOut)  # 304: registry/api/problems.py
 async def resolve(ns: str, target: str, request: Request, ctx: CtxDep,
                   key: Annotated[str, Query(max_length=KEY_MAX)] = "") -> Response:
     """The version to serve for ``key`` on ``{ns}/{name}:{channel}`` (sticky per key).
