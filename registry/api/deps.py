@@ -45,6 +45,7 @@ class TokenCache:
         self._entries: dict[str, tuple[Principal, float]] = {}
         self._checking: set[str] = set()
         self._guard = threading.Lock()
+        self._generation = 0
 
     def get(self, token: str, recheck: Callable[[str], Principal] | None = None
             ) -> Principal | None:
@@ -67,6 +68,7 @@ class TokenCache:
         return hit[0]
 
     def _recheck(self, key: str, token: str, recheck: Callable[[str], Principal]) -> None:
+        generation, started = self._generation, self._clock()
         try:
             principal = recheck(token)
         except Unauthenticated:
@@ -75,21 +77,31 @@ class TokenCache:
             # e.g. the database is down: the entry expires and the next request checks it.
             log.warning("background token check failed", exc_info=True)
         else:
-            self._store(key, principal)
+            with self._guard:  # not if clear() came meanwhile (a revocation, say)
+                if generation == self._generation:
+                    self._store(key, principal, started)
         finally:
             with self._guard:
                 self._checking.discard(key)
 
-    def put(self, token: str, principal: Principal) -> None:
-        self._store(_token_key(token), principal)
+    def put(self, token: str, principal: Principal, checked_at: float | None = None) -> None:
+        """Cache ``principal``, checked against the database at ``checked_at`` (now)."""
+        self._store(_token_key(token), principal,
+                    self._clock() if checked_at is None else checked_at)
 
-    def _store(self, key: str, principal: Principal) -> None:
+    def now(self) -> float:
+        return self._clock()
+
+    def _store(self, key: str, principal: Principal, checked_at: float) -> None:
         if len(self._entries) > 10_000:
             self._entries.clear()
-        self._entries[key] = (principal, self._clock())
+        self._entries[key] = (principal, checked_at)
 
     def clear(self) -> None:
-        self._entries.clear()
+        """Forget every token (e.g. one was revoked); checks running now are not kept."""
+        with self._guard:
+            self._generation += 1
+            self._entries.clear()
 
 
 def _token_key(token: str) -> str:
@@ -124,6 +136,7 @@ class Ctx:
     principal: Principal
     request_id: str
     readonly: bool = False  # a GET or HEAD: its transactions only read
+    _after_commit: list[Callable[[], object]] = field(default_factory=list, repr=False)
 
     @property
     def store(self) -> BlobStore:
@@ -136,8 +149,19 @@ class Ctx:
     @contextmanager
     def tx(self) -> Iterator[Session]:
         """The request's one transaction: committed before the response is built."""
-        with transaction(self.state.sessions, readonly=self.readonly) as session:
-            yield session
+        try:
+            with transaction(self.state.sessions, readonly=self.readonly) as session:
+                yield session
+            for callback in self._after_commit:
+                callback()
+        finally:
+            self._after_commit.clear()
+
+    def changed_channel(self, adapter: str, channel: str) -> None:
+        """This transaction changes ``adapter:channel``: resolve drops its snapshot once the
+        change is committed. (Dropped before, a load in between would read and keep the old
+        state; a load still running at the commit is discarded by the cache's generations.)"""
+        self._after_commit.append(lambda: self.state.resolve.invalidate(adapter, channel))
 
     def require(self, permission: str, namespace: str | None = None) -> None:
         """Refuse unless the caller holds ``permission`` in ``namespace``."""
@@ -182,8 +206,9 @@ async def get_ctx(request: Request, state: Annotated[State, Depends(get_state)],
         return Ctx(state, LOCAL_PRINCIPAL, request_id, readonly)
     principal = state.tokens.get(token, state.authenticate)
     if principal is None:
+        checked_at = state.tokens.now()
         principal = await anyio.to_thread.run_sync(state.authenticate, token)
-        state.tokens.put(token, principal)
+        state.tokens.put(token, principal, checked_at)
     return Ctx(state, principal, request_id, readonly)
 
 

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -100,20 +101,26 @@ class ResolveCache:
 
     :meth:`get` (in a worker thread) loads a stale snapshot and makes its callers wait for it.
     :meth:`serve` (the hot path, on the event loop) never waits: a snapshot stale by less than
-    ``grace`` is served while one background thread reloads it, so no request queues behind the
-    database and a change is still seen within ``ttl + grace`` (0.75 s by default).
-    :meth:`invalidate` drops a snapshot at once; a load that began before it cannot put the old
-    state back (each key has a generation that invalidation bumps).
+    ``grace`` is served while a background thread (at most ``REFRESHERS`` at once) reloads it,
+    so no request queues behind the database and a change is still seen within
+    ``ttl + grace`` (0.75 s by default). :meth:`invalidate` drops an adapter's snapshots at once;
+    a load that began before it cannot put the old state back (each adapter has a generation
+    that invalidation bumps), nor can a load overtake a later one (the snapshot read last is
+    kept).
     """
+
+    REFRESHERS = 2
+    STRIPES = 64  # single-flight locks, shared by hash: memory does not grow with names asked
 
     def __init__(self, sessions: sessionmaker[Session], ttl: float = 0.5, grace: float = 0.25,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._sessions, self.ttl, self.grace, self._clock = sessions, ttl, grace, clock
         self._entries: dict[tuple[str, str], Snapshot] = {}
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._generations: dict[tuple[str, str], int] = {}
+        self._stripes = [threading.Lock() for _ in range(self.STRIPES)]
+        self._generations: dict[str, int] = {}
         self._refreshing: set[tuple[str, str]] = set()
         self._guard = threading.Lock()
+        self._refresher: ThreadPoolExecutor | None = None
 
     def fresh(self, adapter: str, channel: str) -> Snapshot | None:
         """The cached snapshot if still within its TTL (no I/O: safe on the event loop)."""
@@ -138,8 +145,10 @@ class ResolveCache:
             if key in self._refreshing:
                 return snap
             self._refreshing.add(key)
-        threading.Thread(target=self._refresh, args=key, name="resolve-refresh",
-                         daemon=True).start()
+            if self._refresher is None:
+                self._refresher = ThreadPoolExecutor(self.REFRESHERS, "resolve-refresh")
+            refresher = self._refresher
+        refresher.submit(self._refresh, adapter, channel)
         return snap
 
     def get(self, adapter: str, channel: str) -> Snapshot:
@@ -148,20 +157,20 @@ class ResolveCache:
         snap = self.fresh(*key)
         if snap is not None:
             return snap
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
+        with self._stripes[hash(key) % self.STRIPES]:
             snap = self.fresh(*key)
             if snap is None:
                 snap = self._load(key)
             return snap
 
     def _load(self, key: tuple[str, str]) -> Snapshot:
-        generation = self._generations.get(key, 0)
+        generation = self._generations.get(key[0], 0)
         with transaction(self._sessions, readonly=True) as session:
             snap = load(session, *key, self._clock())
         with self._guard:
-            if self._generations.get(key, 0) == generation:
+            current = self._entries.get(key)
+            if self._generations.get(key[0], 0) == generation and (
+                    current is None or current.loaded <= snap.loaded):
                 self._entries[key] = snap
         return snap
 
@@ -179,11 +188,10 @@ class ResolveCache:
                 self._refreshing.discard(key)
 
     def invalidate(self, adapter: str, channel: str | None = None) -> None:
+        """Drop ``adapter``'s snapshots (``channel``: only that one's; loads of the adapter
+        still running are discarded either way)."""
         with self._guard:
-            keys = {*self._entries, *self._locks, *self._refreshing}
-            if channel is not None:
-                keys.add((adapter, channel))
-            for key in keys:
+            self._generations[adapter] = self._generations.get(adapter, 0) + 1
+            for key in list(self._entries):
                 if key[0] == adapter and channel in (None, key[1]):
-                    self._generations[key] = self._generations.get(key, 0) + 1
                     self._entries.pop(key, None)

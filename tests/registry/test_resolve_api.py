@@ -4,17 +4,23 @@ for longer than ``ttl + grace`` nor puts back a state that was invalidated."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event, text
+from sqlalchemy.exc import InternalError, OperationalError
+from sqlalchemy.orm import Session
 from starlette.types import Receive, Scope, Send
 
 from registry.api.app import create_app
 from registry.api.deps import State, TokenCache
+from registry.api.routes import channels as routes_channels
 from registry.api.routes.resolve import ResolveFastPath
-from registry.db import make_session_factory, transaction
+from registry.db import make_engine, make_session_factory, transaction
 from registry.errors import Unauthenticated
 from registry.services import bases
 from registry.services.context import Actor
@@ -106,6 +112,12 @@ def test_fast_path_hands_everything_else_to_the_app(api: Api) -> None:
     assert api.client.get(URL, headers=h(reader_other)).status_code == 403
     refused.append(fast.get(URL, headers=h(reader_other)))
     assert [r.status_code for r in refused] == [599] * len(refused)
+    # Repeated headers: the first counts, as in the app (a gateway appending its own token
+    # does not lend its rights to the caller).
+    twice = [("authorization", "Bearer lrg_x_unknown"), ("authorization", f"Bearer {api.admin}")]
+    assert fast.get(URL, headers=twice).status_code == 599
+    assert_problem(api.client.get(URL, headers=twice), 401)
+    assert fast.get(URL, headers=list(reversed(twice))).status_code == 200
 
     # What the app then answers for them.
     assert_problem(api.client.get(URL), 401)
@@ -244,3 +256,67 @@ def test_token_cache_rechecks_in_the_background_and_drops_revoked_tokens() -> No
     cache.put("t2", alice)
     now[0] = 12.0  # expired without any check: not served
     assert cache.get("t2") is None
+
+
+def test_a_promotion_is_resolved_at_once_even_if_resolve_loads_meanwhile(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resolve that loads the channel just before the promotion commits reads the old state;
+    the cache must not keep it once the promotion is committed."""
+    promoted(api)
+    state = state_of(api)
+    assert api.client.get(URL, headers=h(api.admin)).json()["version"] == 1
+    real, armed = routes_channels.channels.promote_now, [False]
+
+    def promote(*args: Any, **kw: Any) -> Any:
+        armed[0] = True
+        return real(*args, **kw)
+
+    def load_before_commit(session: Session) -> None:
+        if not armed[0]:
+            return
+        armed[0] = False
+        state.resolve.invalidate("acme/bot", "prod")  # as a TTL expiry would
+        loader = threading.Thread(target=state.resolve.get, args=("acme/bot", "prod"))
+        loader.start()  # another request's load, on its own connection: it sees v1
+        loader.join(10)
+        snap = state.resolve.fresh("acme/bot", "prod")
+        assert snap is not None and snap.stable is not None and snap.stable.version == 1
+
+    monkeypatch.setattr(routes_channels.channels, "promote_now", promote)
+    event.listen(Session, "before_commit", load_before_commit)
+    try:
+        r = api.client.post("/api/v1/adapters/acme/bot/channels/prod/promote",
+                            json={"version": 2, "now": True}, headers=h(api.admin))
+    finally:
+        event.remove(Session, "before_commit", load_before_commit)
+    assert r.status_code == 200, r.text
+    assert armed == [False]
+    assert api.client.get(URL, headers=h(api.admin)).json()["version"] == 2
+    assert fast_only(api).get(URL, headers=h(api.admin)).json()["version"] == 2
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_read_only_transactions_refuse_writes_on_both_backends(fresh_db_url: str) -> None:
+    engine = make_engine(fresh_db_url)
+    sessions = make_session_factory(engine)
+    try:
+        with pytest.raises(OperationalError if engine.dialect.name == "sqlite"
+                           else InternalError), transaction(sessions, readonly=True) as session:
+            session.execute(text("UPDATE namespaces SET description = 'x'"))
+        with transaction(sessions) as session:  # the pooled connection writes again
+            session.execute(text("UPDATE namespaces SET description = 'x'"))
+        with transaction(sessions, readonly=True) as session:
+            assert session.execute(text("SELECT count(*) FROM namespaces")).scalar() is not None
+    finally:
+        engine.dispose()
+
+
+def test_a_slow_load_does_not_overwrite_a_later_one(api: Api) -> None:
+    promoted(api)
+    state = state_of(api)
+    now = [3.0]
+    cache = ResolveCache(state.sessions, clock=lambda: now[0])
+    later = dataclasses.replace(cache.get("acme/bot", "prod"), loaded=5.0, revision=99)
+    cache._entries[("acme/bot", "prod")] = later  # stored by a load that began at t=5
+    assert cache._load(("acme/bot", "prod")).loaded == 3.0  # began at t=3: returned only
+    assert cache._entries[("acme/bot", "prod")] is later

@@ -41,7 +41,7 @@ def change(ctx: Ctx, ns: str, expect: int | None, reason: str) -> Change:
 
 def channel_out(ctx: Ctx, channel: Channel, response: Response) -> s.ChannelOut:
     response.headers["ETag"] = f'"{channel.revision}"'
-    ctx.state.resolve.invalidate(channel.adapter.full_name, channel.name)
+    ctx.changed_channel(channel.adapter.full_name, channel.name)
     return s.ChannelOut.of(channel)
 
 
@@ -162,7 +162,7 @@ def control_rollout(rollout_id: int, action: str, body: s.ControlIn, ctx: CtxDep
         rollout = _rollout(session, ctx, rollout_id, "promote", for_update=True)
         ns = rollout.channel.adapter.namespace.name
         handlers[action](session, rollout, change(ctx, ns, None, body.reason))
-        ctx.state.resolve.invalidate(rollout.channel.adapter.full_name, rollout.channel.name)
+        ctx.changed_channel(rollout.channel.adapter.full_name, rollout.channel.name)
         return s.RolloutOut.of(rollout)
 
 
