@@ -161,7 +161,9 @@ class ResolveFastPath:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = dict(scope["headers"])
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:  # the first of repeated headers, as Starlette
+            headers.setdefault(name, value)
         found = self._answer(scope, headers)
         if found is None:
             await self.app(scope, receive, send)
