@@ -7,7 +7,8 @@ transactions make them queue behind ``busy_timeout`` instead, which is the seria
 equivalent of PostgreSQL's row locks for a single-machine registry. Read-only transactions
 (``transaction(..., readonly=True)``: the API's GET requests, resolve's snapshot loads) begin
 deferred, so readers never queue for the write lock (WAL lets them read beside a writer), and
-run with ``PRAGMA query_only`` so that a write slipping into one fails at once, loudly.
+run with ``PRAGMA query_only`` so that a write slipping into one fails at once, loudly. On
+PostgreSQL they are ``READ ONLY`` transactions, so both backends refuse such a write alike.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def transaction(factory: sessionmaker[Session], *, readonly: bool = False) -> It
     """One unit of work: commit on success, roll back on any exception. ``readonly``: the
     work only reads (on SQLite it then takes no write lock and may not write)."""
     session = factory()
-    if readonly:
-        session.connection(execution_options={READONLY: True})
+    if readonly:  # on PostgreSQL: a READ ONLY transaction (SQLite ignores that option)
+        session.connection(execution_options={READONLY: True, "postgresql_readonly": True})
     try:
         yield session
         session.commit()

@@ -14,6 +14,7 @@ from registry import __version__
 from registry.api import problems
 from registry.api import schemas as s
 from registry.api.deps import CtxDep, State, get_state
+from registry.db import transaction
 from registry.errors import NotFound, PermissionDenied, StorageError
 from registry.models import ApiToken, utcnow
 from registry.services import audit, tokens
@@ -33,7 +34,7 @@ def healthz() -> dict[str, str]:
 def readyz(state: StateDep) -> dict[str, str]:
     """Readiness: the database answers and the blob store is reachable."""
     try:
-        with state.sessions() as session:
+        with transaction(state.sessions, readonly=True) as session:  # queues behind no writer
             session.execute(text("SELECT 1"))
     except Exception as exc:
         raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
