@@ -27,7 +27,7 @@ from pathlib import Path
 from registry.errors import BadRequest, DigestMismatch, NotFound
 from registry.transfer import iter_folder, sha256_file
 
-SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
+SHA256_NAME = re.compile(r"^[0-9a-f]{64}\Z")
 DEFAULT_REVISION = "main"
 
 

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 
 from registry.errors import BadRequest, InvalidPath
 
-DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
 MAX_PATH = 512
 MAX_FILES = 1000
 

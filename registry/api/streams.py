@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import anyio.from_thread
 from starlette.exceptions import HTTPException
 
-RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
 
 class AsyncBodyReader:

@@ -15,7 +15,7 @@ from registry.models import AdapterVersion, Metric
 from registry.services import audit
 from registry.services.context import Actor
 
-METRIC_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,127}$")
+METRIC_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,127}\Z")
 MAX_METRICS_PER_CALL = 1000
 
 

@@ -166,7 +166,7 @@ def get_version(session: Session, ref: Ref) -> AdapterVersion:
     return version
 
 
-METRIC_FILTER_RE = re.compile(r"^(?:metric\.)?([A-Za-z0-9_.\-/]+)\s*(>=|<=|==|!=|>|<)\s*(\S+)$")
+METRIC_FILTER_RE = re.compile(r"^(?:metric\.)?([A-Za-z0-9_.\-/]+)\s*(>=|<=|==|!=|>|<)\s*(\S+)\Z")
 
 
 @dataclass(frozen=True)
