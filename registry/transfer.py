@@ -237,7 +237,9 @@ class _Appender:
     appends and hashes the batches, through a bounded queue."""
 
     def __init__(self, sink: Sink, fd: int) -> None:
-        self._sink, self._fd = sink, fd
+        # Its own descriptor: should close() be interrupted (a second Ctrl-C), the writer
+        # may outlive the caller's file, never a descriptor reused by another one.
+        self._sink, self._fd = sink, os.dup(fd)
         self._queue: queue.Queue[list[bytes] | None] = queue.Queue(BATCH_DEPTH)
         self._batch: list[bytes] = []
         self._batched = 0
@@ -283,23 +285,26 @@ class _Appender:
         it lengthens the one thread that cannot overlap with anything.)
         """
         sink, unsynced = self._sink, 0
-        while (batch := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            try:
-                size = _write_all(self._fd, batch)
-            except BaseException as exc:  # raised in the receiving thread
-                self._error = exc
-                continue
-            for chunk in batch:
-                sink.hasher.update(chunk)
-            sink.size += size
-            sink.fetched += size
-            unsynced += size
-            if unsynced >= WRITEBACK and _sync_file_range is not None:
-                # A hint: its failure is ignored, and an I/O error shows up at the fsync.
-                _sync_file_range(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-                unsynced = 0
+        try:
+            while (batch := self._queue.get()) is not None:
+                if self._error is not None:
+                    continue
+                try:
+                    size = _write_all(self._fd, batch)
+                except BaseException as exc:  # raised in the receiving thread
+                    self._error = exc
+                    continue
+                for chunk in batch:
+                    sink.hasher.update(chunk)
+                sink.size += size
+                sink.fetched += size
+                unsynced += size
+                if unsynced >= WRITEBACK and _sync_file_range is not None:
+                    # A hint: its failure is ignored, and an I/O error shows up at the fsync.
+                    _sync_file_range(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+                    unsynced = 0
+        finally:
+            os.close(self._fd)
 
 
 def _write_all(fd: int, chunks: list[bytes]) -> int:
