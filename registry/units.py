@@ -7,9 +7,11 @@ def human_size(size: int | None) -> str:
     """``1536`` -> ``1.5 KiB``; ``None`` -> ``-``."""
     if size is None:
         return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if round(value, 1) < 1024:  # 1048575 B is "1.0 MiB", not "1024.0 KiB"
+            return f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
