@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,9 +44,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import boto3
-import httpx
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+from procs import free_port, moto_cmd, start_server
 
 from registry.blobs import LocalBlobStore, S3BlobStore, content_key
 
@@ -265,34 +264,14 @@ def make_source(path: Path, size: int) -> str:
     return hasher.hexdigest()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def moto_server(log: Path) -> Iterator[str]:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    server = start_server("moto", moto_cmd(port), None, log, f"http://127.0.0.1:{port}", "/")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"moto server did not start: {log.read_text()}") from None
-                time.sleep(0.05)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 def orchestrate(args: argparse.Namespace) -> int:

@@ -31,7 +31,6 @@ import io
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path
 import httpx
 import psycopg
 from fastapi import FastAPI
+from procs import Server, free_port, start_server
 
 from registry import migrate
 from registry.db import make_engine, make_session_factory, transaction
@@ -193,53 +193,13 @@ def trivial_app() -> FastAPI:
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    name: str
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @contextmanager
 def serve(name: str, cmd: list[str], env: dict[str, str], work: Path, probe: str,
           timeout: float = 180) -> Iterator[Server]:
-    log = work / f"{name}.log"
-    with log.open("wb") as out:  # a file, not a pipe: a full pipe would block the server
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
     port = cmd[cmd.index("--port") + 1]
-    server = Server(name, f"http://127.0.0.1:{port}", proc, log)
+    server = start_server(name, cmd, env, work / f"{name}.log", f"http://127.0.0.1:{port}",
+                          probe, timeout)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(server.url + probe, timeout=2).status_code < 500:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not answer within {timeout} s:\n"
-                                   f"{log.read_text()}")
-            time.sleep(0.2)
         yield server
     finally:
         server.stop()

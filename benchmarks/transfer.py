@@ -44,7 +44,6 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import struct
 import subprocess
@@ -64,6 +63,7 @@ import numpy as np
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from fastapi import FastAPI
+from procs import Server, free_port, moto_cmd, start_server
 from safetensors import safe_open
 
 from registry import migrate
@@ -156,54 +156,11 @@ def ensure_adapter(size_mib: int) -> Path:
 # --- processes -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    name: str
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def peak_rss_mib(self) -> float:
-        """VmHWM of the server process (the app runs in it: one worker, no supervisor)."""
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
-
-
 def start(stack: ExitStack, name: str, cmd: list[str], env: dict[str, str], log: Path,
           url: str, probe: str) -> Server:
-    with log.open("wb") as out:  # a file, not a pipe: a full pipe would block the server
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(name, url, proc, log)
+    server = start_server(name, cmd, env, log, url, probe)
     stack.callback(server.stop)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            httpx.get(url + probe, timeout=1)
-            return server
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{name} did not answer at {url} within 60 s:\n{log.read_text()}")
+    return server
 
 
 def server_env(**values: str) -> dict[str, str]:
@@ -244,8 +201,7 @@ def prepare_database(url: str) -> str:
 
 def start_moto(stack: ExitStack, work: Path) -> Server:
     port = free_port()
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    return start(stack, "moto", cmd, server_env(), work / "moto.log",
+    return start(stack, "moto", moto_cmd(port), server_env(), work / "moto.log",
                  f"http://127.0.0.1:{port}", "/")
 
 
