@@ -119,7 +119,7 @@ def promote(ns: str, name: str, number: int, form: Form, ctx: UICtx) -> Response
             channels.promote_now(s, row, version, chg, new_base)
         else:
             rollouts.start(s, row, version, chg, spec, new_base)
-    ctx.state.resolve.invalidate(f"{ns}/{name}", channel)
+        ctx.changed_channel(f"{ns}/{name}", channel)
     return _done(f"/ui/adapters/{ns}/{name}/channels/{channel}", "promoted" if now else "canary")
 
 
@@ -159,7 +159,7 @@ def rollback(ns: str, name: str, channel: str, form: Form, ctx: UICtx) -> Respon
     with ctx.tx() as s:
         row = channels.get_channel(s, f"{ns}/{name}", channel)  # locked by rollback
         rollouts.rollback(s, row, chg, to_version)
-    ctx.state.resolve.invalidate(f"{ns}/{name}", channel)
+        ctx.changed_channel(f"{ns}/{name}", channel)
     return _done(f"/ui/adapters/{ns}/{name}/channels/{channel}", "rolledback")
 
 
@@ -189,7 +189,7 @@ def control(rollout_id: int, action: str, form: Form, ctx: UICtx) -> Response:
         ctx.require("promote", ns)
         CONTROLS[action](s, rollout, _change(ctx, ns, form, expect=False))
         adapter, channel = rollout.channel.adapter.full_name, rollout.channel.name
-    ctx.state.resolve.invalidate(adapter, channel)
+        ctx.changed_channel(adapter, channel)
     return _done(f"/ui/adapters/{adapter}/channels/{channel}", CONTROL_DONE[action])
 
 
