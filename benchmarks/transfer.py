@@ -16,8 +16,9 @@ production entry point, on SQLite):
   API answers 307 to a presigned moto URL, the client follows it).
 * Local: the API server's blob store is a local folder; peers: ``cp`` and ``cp`` + ``sync``.
 
-Every transfer starts after ``os.sync()`` (no earlier dirty pages are written back during it);
-the source folder is in the page cache. Push and raw upload run once (a second push uploads
+Every transfer starts after ``os.sync()`` (no earlier dirty pages are written back during it)
+and right after the previous transfer's output is deleted (see ``Bench.start``); the source
+folder is in the page cache. Push and raw upload run once (a second push uploads
 nothing; it is timed too); downloads run ``--repeat`` times and the best counts, except
 boto3's default ranged download, which moto makes pathologically slow (it copies the whole
 object for every ranged GET) and which runs once. A pull hashes (sha256) and fsyncs every file;
@@ -272,19 +273,32 @@ class Bench:
     results: dict[str, Result] = field(default_factory=dict)
     apis: list[Server] = field(default_factory=list)
     moto: Server | None = None
+    pending: list[Callable[[], object]] = field(default_factory=list)  # deletions, see start
 
     def cpu(self) -> tuple[float, float, float]:
         moto = proc_cpu(self.moto.proc.pid) if self.moto else 0.0
         return own_cpu(), sum(proc_cpu(api.proc.pid) for api in self.apis), moto
 
+    def start(self) -> tuple[tuple[float, float, float], float]:
+        """Flush, then delete the previous transfer's output, then start the clock.
+
+        The deletion comes last, just before the transfer: this VM hands memory that has been
+        free for about 2 s back to its host, and the first write to such memory costs several
+        times a normal page-cache write. Deleting right before the next transfer lets it write
+        into the pages just freed, as on a machine in steady use, whatever tool runs next.
+        """
+        os.sync()  # no dirty pages from an earlier transfer are written back during this one
+        while self.pending:
+            self.pending.pop()()
+        return self.cpu(), time.perf_counter()
+
     def time(self, label: str, size: int, work: Callable[[], object],
              cleanup: Callable[[], object] | None = None) -> None:
-        os.sync()  # no dirty pages from an earlier transfer are written back during this one
-        cpu, start_ = self.cpu(), time.perf_counter()
+        cpu, start_ = self.start()
         work()
         self.record(label, size, start_, cpu)
         if cleanup is not None:
-            cleanup()
+            self.pending.append(cleanup)
 
     def record(self, label: str, size: int, start_: float, cpu: tuple[float, ...]) -> None:
         seconds = time.perf_counter() - start_
@@ -340,14 +354,13 @@ def api_pull(bench: Bench, label: str, url: str, token: str, dest: Path, size: i
 def raw_download(bench: Bench, label: str, raw: S3Client, key: str, out: Path, size: int,
                  config: TransferConfig | None, *, fsync: bool = True) -> None:
     """boto3 ``download_file``; with ``fsync``, a second row includes flushing the file."""
-    os.sync()
-    cpu, start_ = bench.cpu(), time.perf_counter()
+    cpu, start_ = bench.start()
     raw.download_file(BUCKET, key, str(out), Config=config)
     bench.record(label, size, start_, cpu)
     if fsync:
         fsync_file(out)
         bench.record(f"{label} + fsync", size, start_, cpu)
-    out.unlink()
+    bench.pending.append(out.unlink)
 
 
 def s3_section(bench: Bench, stack: ExitStack, work: Path, folder: Path, args: Any) -> None:

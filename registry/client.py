@@ -42,6 +42,7 @@ from registry.client_channels import ChannelsMixin
 from registry.client_core import Params, adapter_path, label_params, query, version_path
 from registry.client_jobs import JobsMixin
 from registry.client_ops import OpsMixin
+from registry.http_transport import URLLib3Transport
 from registry.manifest import FileEntry, manifest_digest
 from registry.refs import parse_adapter_name, parse_base_ref
 from registry.retry import MAX_RETRY_AFTER, RETRY_STATUSES, RetryPolicy, parse_retry_after
@@ -122,6 +123,11 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin):
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, transport=transport
         )
+        # Blob bodies go through urllib3 (see registry.http_transport, and _send's
+        # ``stream``), unless the caller chose the transport.
+        self._blob_http = self._http if transport is not None else httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=URLLib3Transport()
+        )
         self._timeout = timeout
         self.retry = RetryPolicy(retries=retries)
         self.sleep: Callable[[float], None] = time.sleep
@@ -136,8 +142,9 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin):
         self.close()
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         self._http.close()
+        self._blob_http.close()
 
     # -- transport -----------------------------------------------------------------------
 
@@ -146,15 +153,17 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin):
         body: Callable[[], Iterable[bytes]] | None = None, headers: Mapping[str, str] | None = None,
         idempotent: bool = True, stream: bool = False, follow: bool = False,
     ) -> httpx.Response:
-        """Send with retries; return a 2xx response or raise the matching RegistryError."""
+        """Send with retries; return a 2xx response or raise the matching RegistryError.
+        A ``stream`` answer (a blob body) comes through the urllib3 transport."""
+        http = self._blob_http if stream else self._http
         attempt = 0
         while True:
-            request = self._http.build_request(
+            request = http.build_request(
                 method, path, params=tuple(params or ()), json=json, headers=headers,
                 content=body() if body else None,
             )
             try:
-                response = self._http.send(request, stream=stream, follow_redirects=follow)
+                response = http.send(request, stream=stream, follow_redirects=follow)
             except httpx.TransportError as exc:
                 retryable = idempotent or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 if not retryable or attempt >= self.retry.retries:
