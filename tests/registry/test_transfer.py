@@ -106,7 +106,7 @@ def test_a_write_error_in_the_writer_thread_is_raised_and_stops_receiving(
     assert sink.hasher.hexdigest() == hashlib.sha256(on_disk).hexdigest()
     # The receiver stops soon after: within the queued batches, not at the end of the stream.
     assert pulled * 64 * KIB <= (transfer.BATCH_DEPTH + 4) * transfer.BATCH_BYTES
-    assert not [t for t in threading.enumerate() if t.name.startswith("lorareg-sink")]
+    assert not [t for t in threading.enumerate() if t.name == "lorareg-sink"]
 
 
 def test_an_error_in_the_receiving_thread_still_joins_the_writer(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_an_error_in_the_receiving_thread_still_joins_the_writer(tmp_path: Path)
     with pytest.raises(KeyboardInterrupt):
         sink.write_from(broken())
     assert sink.size == MIB
-    assert not [t for t in threading.enumerate() if t.name.startswith("lorareg-sink")]
+    assert not [t for t in threading.enumerate() if t.name == "lorareg-sink"]
 
 
 def test_writeback_is_started_every_writeback_bytes(
