@@ -84,9 +84,15 @@ class URLLib3Transport(httpx.BaseTransport):
     httpx client and its caller own those)."""
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._pool = urllib3.PoolManager(
-            ssl_context=ssl_context or httpx.create_ssl_context(), retries=False
-        )
+        self._ssl_context = ssl_context
+        self._pool: urllib3.PoolManager | None = None  # made on first use: a CLI command
+        # that downloads nothing does not pay for loading the CA bundle a second time
+
+    def _connections(self) -> urllib3.PoolManager:
+        if self._pool is None:
+            context = self._ssl_context or httpx.create_ssl_context()  # httpx's CA defaults
+            self._pool = urllib3.PoolManager(ssl_context=context, retries=False)
+        return self._pool
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
@@ -96,7 +102,7 @@ class URLLib3Transport(httpx.BaseTransport):
         for name, value in request.headers.multi_items():
             headers.add(name, value)
         with _as_httpx(request, receiving=False):
-            response = self._pool.urlopen(
+            response = self._connections().urlopen(
                 request.method, str(request.url), body=body, headers=headers,
                 redirect=False, retries=False, timeout=timeout,
                 preload_content=False, decode_content=False,
@@ -111,4 +117,5 @@ class URLLib3Transport(httpx.BaseTransport):
         )
 
     def close(self) -> None:
-        self._pool.clear()
+        if self._pool is not None:
+            self._pool.clear()
