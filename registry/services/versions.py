@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select, exists, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, contains_eager
 
 from registry.blobs import BlobStore
 from registry.errors import BadRequest, Conflict, NotFound
@@ -152,8 +152,16 @@ def get_version(session: Session, ref: Ref) -> AdapterVersion:
     """Resolve ``ns/name@N`` or ``ns/name@latest`` (latest active version)."""
     if ref.channel is not None:
         raise BadRequest(f"{ref} names a channel; resolve it through the channel service")
-    adapter = adapters.get_adapter(session, ref.adapter)
-    stmt = select(AdapterVersion).where(AdapterVersion.adapter_id == adapter.id)
+    namespace, name = parse_adapter_name(ref.adapter)
+    # One statement for the version, its adapter and namespace (the adapter's labels load
+    # only if asked for): this is the API's most frequent read.
+    stmt = (
+        select(AdapterVersion)
+        .join(AdapterVersion.adapter).join(Adapter.namespace)
+        .where(Namespace.name == namespace, Adapter.name == name)
+        .options(contains_eager(AdapterVersion.adapter).contains_eager(Adapter.namespace),
+                 contains_eager(AdapterVersion.adapter).lazyload(Adapter.labels))
+    )
     if ref.version is not None:
         version = session.scalar(stmt.where(AdapterVersion.number == ref.version))
     else:
@@ -162,6 +170,7 @@ def get_version(session: Session, ref: Ref) -> AdapterVersion:
             .order_by(AdapterVersion.number.desc()).limit(1)
         )
     if version is None:
+        adapters.get_adapter(session, ref.adapter)  # NotFound names a missing adapter
         raise NotFound(f"version {ref} not found")
     return version
 
