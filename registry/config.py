@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     )
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, R2, Ceph, moto)")
     s3_region: str | None = Field(None, description="S3 region name")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="S3 endpoint as clients reach it, for presigned URLs (default: "
+        "s3_endpoint_url)"
+    )
     s3_multipart_threshold: int = Field(
         16 * 1024 * 1024, description="objects at least this big upload as S3 multipart"
     )

@@ -61,6 +61,12 @@ def test_health_checks_ports_volumes(compose: dict[str, Any]) -> None:
     env = services["api"]["environment"]
     assert env["LORAREG_MODE"] == "production"
     assert env["LORAREG_BLOB_URL"].startswith("s3://")
+    # presigned URLs name MinIO as clients reach it (published port), not the compose name
+    assert "9000:9000" in services["minio"]["ports"]
+    assert "localhost:9000" in env["LORAREG_S3_PUBLIC_ENDPOINT_URL"]
+    assert "minio:9000" in env["LORAREG_S3_ENDPOINT_URL"]
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^LORAREG_S3_PUBLIC_ENDPOINT_URL=\S+", example, re.M)
 
 
 def test_no_secrets_in_compose_or_images() -> None:

@@ -69,6 +69,7 @@ def open_blob_store(settings: Settings) -> BlobStore:
             parts.netloc,
             unquote(parts.path),
             endpoint_url=settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_endpoint_url,
             region=settings.s3_region,
             multipart_threshold=settings.s3_multipart_threshold,
             part_size=settings.s3_part_size,

@@ -83,6 +83,9 @@ def _s3_stream(body: StreamingBody) -> Iterator[bytes]:
 def _make_client(endpoint_url: str | None, region: str | None) -> S3Client:
     config = Config(
         retries={"mode": "standard", "max_attempts": 5},
+        # SigV4 for presigned URLs too (botocore may presign with SigV2, which newer AWS
+        # regions refuse); it also signs the host, so a URL works only where it was meant for.
+        signature_version="s3v4",
         max_pool_connections=32,  # several concurrent puts, each with parts in flight
         s3={
             # Custom endpoints (MinIO, Ceph, moto) rarely have wildcard DNS for bucket names.
@@ -215,6 +218,7 @@ class S3BlobStore(_VerifiedReads):
         part_size: int = 16 * 1024 * 1024,
         upload_concurrency: int = 3,
         client: S3Client | None = None,
+        public_endpoint_url: str | None = None,
     ) -> None:
         if not bucket:
             raise BadRequest("S3 blob store needs a bucket name")
@@ -228,6 +232,12 @@ class S3BlobStore(_VerifiedReads):
         self.part_size = part_size
         self.upload_concurrency = max(1, upload_concurrency)
         self.client = client if client is not None else _make_client(endpoint_url, region)
+        # Presigned URLs name the endpoint the clients reach, which may differ from ours (a
+        # MinIO that the API reaches as http://minio:9000 and users as https://s3.example.com).
+        # The host is part of the signature, so they are signed by a client for that endpoint
+        # (signing is local: it never connects).
+        self._presigner = (_make_client(public_endpoint_url, region) if public_endpoint_url
+                           else self.client)
 
     def _key(self, relative: str) -> str:
         return f"{self.prefix}/{relative}" if self.prefix else relative
@@ -389,7 +399,7 @@ class S3BlobStore(_VerifiedReads):
             raise BadRequest(f"presign TTL must be positive, not {ttl_seconds}")
         params = {"Bucket": self.bucket, "Key": self.key_for(digest)}
         with _s3_errors("presign"):
-            return self.client.generate_presigned_url(
+            return self._presigner.generate_presigned_url(
                 "get_object", Params=params, ExpiresIn=ttl_seconds
             )
 

@@ -529,6 +529,31 @@ def test_open_blob_store_s3_url(
     assert b"".join(store.read_verified(digest)) == b"hello"
 
 
+def test_presigned_urls_name_the_public_endpoint(
+    s3_server: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The API reaches S3 at one address, clients at another: presigned URLs carry the
+    clients' one, signed for it (the host is part of the signature)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    public = s3_server.replace("127.0.0.1", "localhost")  # the same moto, by another name
+    assert public != s3_server
+    store = open_blob_store(Settings(blob_url=f"s3://{s3_bucket}/p", s3_endpoint_url=s3_server,
+                                     s3_public_endpoint_url=public, s3_region=REGION))
+    assert isinstance(store, S3BlobStore)
+    digest = store.put(Reader(b"public bytes")).digest
+    url = store.presign_get(digest, 60)
+    assert url is not None and url.startswith(f"{public}/{s3_bucket}/p/")
+    assert "X-Amz-Signature=" in url
+    assert httpx.get(url).content == b"public bytes"
+    # without a public endpoint, URLs name the store's own endpoint
+    own = open_blob_store(Settings(blob_url=f"s3://{s3_bucket}/p", s3_endpoint_url=s3_server,
+                                   s3_region=REGION)).presign_get(digest, 60)
+    assert own is not None and own.startswith(f"{s3_server}/{s3_bucket}/p/")
+
+
 @pytest.mark.parametrize(
     "url", ["ftp://host/blobs", "s3:///prefix", "file://otherhost/blobs", "gs://bucket/x"]
 )
