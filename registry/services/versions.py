@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select, exists, func, select
-from sqlalchemy.orm import Session, aliased, contains_eager
+from sqlalchemy.orm import Session, aliased, contains_eager, joinedload
 
 from registry.blobs import BlobStore
 from registry.errors import BadRequest, Conflict, NotFound
@@ -153,22 +153,23 @@ def get_version(session: Session, ref: Ref) -> AdapterVersion:
     if ref.channel is not None:
         raise BadRequest(f"{ref} names a channel; resolve it through the channel service")
     namespace, name = parse_adapter_name(ref.adapter)
-    # One statement for the version, its adapter and namespace (the adapter's labels load
-    # only if asked for): this is the API's most frequent read.
+    # One statement for the version with its adapter, namespace, files and labels (the
+    # adapter's labels load only if asked for): this is the API's most frequent read.
     stmt = (
         select(AdapterVersion)
         .join(AdapterVersion.adapter).join(Adapter.namespace)
         .where(Namespace.name == namespace, Adapter.name == name)
         .options(contains_eager(AdapterVersion.adapter).contains_eager(Adapter.namespace),
-                 contains_eager(AdapterVersion.adapter).lazyload(Adapter.labels))
+                 contains_eager(AdapterVersion.adapter).lazyload(Adapter.labels),
+                 joinedload(AdapterVersion.files), joinedload(AdapterVersion.labels))
     )
     if ref.version is not None:
-        version = session.scalar(stmt.where(AdapterVersion.number == ref.version))
+        version = session.scalars(stmt.where(AdapterVersion.number == ref.version)).unique().first()
     else:
-        version = session.scalar(
+        version = session.scalars(
             stmt.where(AdapterVersion.status == "active")
             .order_by(AdapterVersion.number.desc()).limit(1)
-        )
+        ).unique().first()
     if version is None:
         adapters.get_adapter(session, ref.adapter)  # NotFound names a missing adapter
         raise NotFound(f"version {ref} not found")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from registry.blobs import BlobStore, LocalBlobStore
@@ -299,3 +299,34 @@ def test_idempotency_key(session: Session, local_store: BlobStore) -> None:
     assert counts(session) == before
     other = push(session, local_store, adapter_files(seed=2), idempotency_key="run-43/push")
     assert other.created and other.version.number == 2
+
+
+def test_get_version_loads_files_and_labels_whole_in_one_statement(
+    session: Session, local_store: BlobStore
+) -> None:
+    """The API's most frequent read: one statement, collections complete (joined eager loads
+    with LIMIT for @latest, and ``first()`` after them)."""
+    extra = {f"extra/{i}.txt": bytes([i]) * 10 for i in range(4)}
+    push(session, local_store, adapter_files(seed=1, extra=extra), labels={"a": "1", "b": "2"})
+    push(session, local_store, adapter_files(seed=2, extra=extra), labels={"c": "3", "d": "4",
+                                                                           "e": "5"})
+    session.flush()
+    session.expunge_all()  # load from the database, not from the identity map
+    statements: list[str] = []
+    conn = session.connection()
+    listen = lambda *args: statements.append(args[2])  # noqa: E731 - a throwaway listener
+    event.listen(conn, "before_cursor_execute", listen)
+    try:
+        latest = versions.get_version(session, parse_ref("acme/bot@latest"))
+        first = versions.get_version(session, parse_ref("acme/bot@1"))
+        assert len(statements) == 2
+        assert (latest.number, first.number) == (2, 1)
+        for v, labels in ((latest, {"c": "3", "d": "4", "e": "5"}), (first, {"a": "1", "b": "2"})):
+            assert [f.path for f in v.files] == ["adapter_config.json",
+                                                  "adapter_model.safetensors",
+                                                  *sorted(extra)]
+            assert {lab.key: lab.value for lab in v.labels} == labels
+            assert v.adapter.full_name == "acme/bot"
+        assert len(statements) == 2  # nothing loaded lazily above
+    finally:
+        event.remove(conn, "before_cursor_execute", listen)
