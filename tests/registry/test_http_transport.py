@@ -217,3 +217,71 @@ def test_transport_errors_are_httpx_errors() -> None:
     with (URLLib3Transport() as transport, httpx.Client(transport=transport) as http,
           pytest.raises(httpx.ConnectError)):  # nothing listens on port 9 (discard)
         http.get("http://127.0.0.1:9/")
+
+
+def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for localhost/127.0.0.1 signed by it: (ca, cert, key)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(
+              digital_signature=True, content_commitment=False, key_encipherment=False,
+              data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+              encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    san = x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(san, critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_pull_over_tls_verifies_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    """Over HTTPS the blob body is verified like every other call: against the CA httpx
+    trusts (here SSL_CERT_FILE), and refused with a connect error when it is unknown."""
+    import ssl
+
+    ca, cert, key = make_tls_files(tmp_path)
+    for server in serve(os.urandom(2 * READ_SIZE + 3)):
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        url = f"https://localhost:{server.server_address[1]}"
+        with URLLib3Transport() as transport, httpx.Client(transport=transport) as http, \
+                pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            http.get(f"{url}/api/v1/blobs/{server.digest}")  # certifi's CAs: not ours
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        with Client(url, "lrg_x_y") as c:
+            c.pull("acme/bot@1", tmp_path / "out")
+        assert (tmp_path / "out" / "w.bin").read_bytes() == server.data
+        assert len(blob_requests(server)) == 1  # the refused one never got past the handshake
