@@ -59,7 +59,11 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         readonly = bool(conn.get_execution_options().get(READONLY))
-        conn.exec_driver_sql(f"PRAGMA query_only={int(readonly)}")
+        # query_only stays set on the DBAPI connection: only a change of mode needs the PRAGMA
+        # (``conn.info`` lives and dies with that connection).
+        if conn.info.get(READONLY) is not readonly:
+            conn.exec_driver_sql(f"PRAGMA query_only={int(readonly)}")
+            conn.info[READONLY] = readonly
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine

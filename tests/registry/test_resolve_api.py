@@ -307,6 +307,21 @@ def test_read_only_transactions_refuse_writes_on_both_backends(fresh_db_url: str
             session.execute(text("UPDATE namespaces SET description = 'x'"))
         with transaction(sessions, readonly=True) as session:
             assert session.execute(text("SELECT count(*) FROM namespaces")).scalar() is not None
+        if engine.dialect.name == "sqlite":  # the mode is set once per change, not per BEGIN
+            seen: list[str] = []
+
+            def record(*args: object) -> None:
+                seen.append(str(args[2]))
+
+            event.listen(engine, "before_cursor_execute", record)
+            for readonly in (True, True, False, False, True):
+                with transaction(sessions, readonly=readonly) as session:
+                    session.execute(text("SELECT 1"))
+            event.remove(engine, "before_cursor_execute", record)
+            assert [q for q in seen if q.startswith("PRAGMA")] == [
+                "PRAGMA query_only=0", "PRAGMA query_only=1"]
+            with pytest.raises(OperationalError), transaction(sessions, readonly=True) as session:
+                session.execute(text("UPDATE namespaces SET description = 'y'"))
     finally:
         engine.dispose()
 
