@@ -557,3 +557,24 @@ def test_pull_follows_presigned_redirects_and_resumes_there(
     assert pulled["downloaded_bytes"] == pushed["total_size"] - 777
     for rel, src in iter_folder(adapter_dir):
         assert (tmp_path / "pulled" / rel).read_bytes() == src.read_bytes()
+
+
+def test_readme_python_client_example_runs(live_server: LiveServer, adapter_dir: Path,
+                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's Python client snippet, as written, against a real server."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = readme.split("## Python client", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "http://127.0.0.1:8080" in code and "org/base@<commit>" in code
+    code = code.replace("http://127.0.0.1:8080", live_server.url).replace(
+        "org/base@<commit>", BASE)
+    work = tmp_path / "work"
+    (work / "out").mkdir(parents=True)
+    (work / "out" / "adapter").symlink_to(adapter_dir)
+    monkeypatch.chdir(work)
+    namespace: dict[str, Any] = {"token": live_server.admin_token}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert [v["ref"] for v in namespace["good"]] == ["acme/support-bot@1"]
+    assert sorted(p.name for p in (work / "adapter").iterdir()) == sorted(
+        p.name for p in adapter_dir.iterdir())
+    assert "2 version acme/support-bot@99 not found" in capsys.readouterr().out
