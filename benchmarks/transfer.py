@@ -282,10 +282,10 @@ class Bench:
     def start(self) -> tuple[tuple[float, float, float], float]:
         """Flush, then delete the previous transfer's output, then start the clock.
 
-        The deletion comes last, just before the transfer: this VM hands memory that has been
-        free for about 2 s back to its host, and the first write to such memory costs several
-        times a normal page-cache write. Deleting right before the next transfer lets it write
-        into the pages just freed, as on a machine in steady use, whatever tool runs next.
+        The deletion comes last, just before the transfer, so every tool starts from the same
+        memory state: pages freed a moment ago. (This VM hands freed memory back to its host,
+        and writing into memory the host must fault in again costs several times a normal
+        page-cache write; benchmarks/README.md, Transfer, has the measurements.)
         """
         os.sync()  # no dirty pages from an earlier transfer are written back during this one
         while self.pending:
