@@ -93,4 +93,3 @@ def download(digest: str, request: Request, ctx: CtxDep) -> Response:
         return Response(status_code=code, headers=headers)
     return StreamingResponse(_counted(ctx, ctx.store.open(digest, start, end)), status_code=code,
                              headers=headers, media_type="application/octet-stream")
-
