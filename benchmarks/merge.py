@@ -7,8 +7,8 @@ Llama-architecture base with TinyLlama-1.1B's shapes (hidden 2048, MLP 5632, 22 
 every linear layer of the decoder (float32, PEFT's key names and adapter_config.json).
 
 Then, with the page cache warm, each run in a fresh subprocess (wall time, peak RSS and CPU
-times of that child, from ``os.wait4``), (a) and (c) interleaved ``--repeat`` times, then (b)
-``--repeat`` times:
+times of that child, from ``os.wait4``), (a) and (c) interleaved ``--repeat`` times (each first
+in every other round, after ``--warmup`` uncounted rounds), then (b) ``--repeat`` times:
 
 (a) ``merge_worker.merge.merge_adapter``;
 (b) PEFT: ``AutoModelForCausalLM.from_pretrained(bf16)`` + ``PeftModel.from_pretrained`` +
@@ -21,7 +21,8 @@ runs (RSS: the largest). "work" is the time the child spends after its imports (
 takes 1-3 s to import; a worker process pays that once, not per merge). Finally every tensor of
 (a)'s output is compared with (b)'s (``torch.equal``). Usage::
 
-    .venv/bin/python benchmarks/merge.py [--repeat 3] [--skip-peft] [--data benchmarks/_data/merge]
+    .venv/bin/python benchmarks/merge.py [--repeat 3] [--warmup 1] [--skip-peft]
+        [--data benchmarks/_data/merge]
 """
 
 from __future__ import annotations
@@ -295,6 +296,9 @@ def child_verify(ours: Path, peft: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="uncounted rounds of cp and lorareg first (the first writes of a run "
+                             "land in memory this VM has not touched for a while)")
     parser.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "_data" / "merge")
     parser.add_argument("--skip-peft", action="store_true",
                         help="time only lorareg and cp (no PEFT ratios, no bit check)")
@@ -321,18 +325,22 @@ def main() -> None:
         del commands["peft"]
     results: dict[str, list[Run]] = {label: [] for label in commands}
     print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
-    # cp and lorareg interleaved, so that load changes hit both alike; PEFT afterwards, as the
-    # gigabytes it frees on exit leave memory that is slower to write for a while (see above)
-    rounds = [["cp -r", "lorareg"]] * args.repeat
-    rounds += [["peft"]] * args.repeat if "peft" in commands else []
-    for labels in rounds:
+    # cp and lorareg interleaved, so that load changes hit both alike, each first in every
+    # other round (the run after another one's writes tends to be slower here); PEFT afterwards,
+    # as the gigabytes it frees on exit leave memory that is slower to write for a while
+    pairs = [["cp -r", "lorareg"], ["lorareg", "cp -r"]]
+    rounds = [(pairs[i % 2], i >= args.warmup) for i in range(args.warmup + args.repeat)]
+    rounds += [(["peft"], True)] * args.repeat if "peft" in commands else []
+    for labels, counted in rounds:
         for label in labels:
             out = runs / label.replace(" ", "")
             run = measure(commands[label](out), out, python_child=label != "cp -r")
-            results[label].append(run)
+            if counted:
+                results[label].append(run)
             print(f"  {label:8s} {run.wall:7.2f} s  (work {run.work:6.2f} s)  "
                   f"{run.rss:6.0f} MiB  cpu {run.user:5.2f} user {run.sys:5.2f} sys  "
-                  f"load {run.load:.2f}", flush=True)
+                  f"load {run.load:.2f}{'' if counted else '  (warm-up, not counted)'}",
+                  flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     report(results, base)
     if not args.skip_peft:
@@ -364,6 +372,9 @@ def report(results: dict[str, list[Run]], base: Path) -> None:
     for name, mine, peer, field, note in ratios:
         print(f"{name:24s} {best(mine, field) / best(peer, field):.3f}  "
               f"(medians: {median(mine, field) / median(peer, field):.3f})  ({note})")
+    pair_ratios = [o.work / c.work for o, c in zip(ours, cp, strict=True)]
+    print("ours/cp work, round by round: " + " ".join(f"{r:.2f}" for r in pair_ratios)
+          + f"  (median {statistics.median(pair_ratios):.3f})")
 
 
 def best(runs: list[Run], field: str) -> float:

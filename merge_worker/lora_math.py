@@ -13,9 +13,11 @@ import queue
 import threading
 from collections.abc import Callable, Mapping
 from types import TracebackType
+from typing import NoReturn
 
 import torch
 
+from merge_worker.kernels import add_scaled_bf16
 from registry.errors import ValidationFailed
 from registry.lora_layout import AdapterLayout, LoraModule
 
@@ -33,8 +35,13 @@ COMPUTE_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sch
 class Merger:
     """Builds each output tensor exactly as PEFT's load + merge_and_unload would."""
 
-    def __init__(self, layout: AdapterLayout, adapter: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, layout: AdapterLayout, adapter: Mapping[str, torch.Tensor],
+                 release: Callable[[str], None] | None = None) -> None:
+        """``adapter``: the adapter's tensors by key; ``release(key)``, if given, is called once a
+        tensor has been used (a memory-mapped adapter can drop its pages; using it again later
+        must still work)."""
         self.adapter = adapter
+        self.release = release
         self.weights = {m.base_weight: m for m in layout.modules}
         self.biases = {m.base_bias: m for m in layout.modules if m.bias_key}
         self.replacements = {r.base_name: r.key for r in layout.replacements}
@@ -57,6 +64,24 @@ class Merger:
         """The output tensor ``name``: from ``base`` (a read-only view of the base tensor, None
         when the adapter replaces it), written into ``out`` (a free buffer of its dtype and
         shape) where possible. Raises ValidationFailed if it is not finite."""
+        try:
+            return self._build(name, base, out)
+        finally:
+            if self.release is not None:
+                for key in self._keys(name):
+                    self.release(key)
+
+    def _keys(self, name: str) -> list[str]:
+        """The adapter tensors that the output tensor ``name`` is built from."""
+        keys = [self.replacements[name]] if name in self.replacements else []
+        if name in self.weights:
+            m = self.weights[name]
+            keys += [k for k in (m.a_key, m.b_key, m.magnitude_key) if k is not None]
+        if name in self.biases and self.biases[name].bias_key is not None:
+            keys.append(str(self.biases[name].bias_key))
+        return keys
+
+    def _build(self, name: str, base: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
         if name in self.replacements:
             base = self.adapter[self.replacements[name]].to(out.dtype)
             self.replaced += 1
@@ -65,9 +90,8 @@ class Merger:
         checked = False  # the plain LoRA path checks block by block, while each is in cache
         if module is not None and module.magnitude_key is None and module.kind != "embedding":
             a, b = self._factor(module.a_key, out), self._factor(module.b_key, out)
-            low, high = _add_lora(base, out, a, b, module.scaling, module.kind == "conv1d",
-                                  self.crew)
-            _check_extremes(name, low, high)
+            if not _add_lora(base, out, a, b, module.scaling, module.kind == "conv1d", self.crew):
+                _refuse_non_finite(name)
             weight, checked = out, True
         else:
             weight = out.copy_(base)
@@ -106,25 +130,32 @@ class Merger:
 
 
 def _add_lora(base: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-              scaling: float, fifo: bool, crew: Crew) -> tuple[float, float]:
+              scaling: float, fifo: bool, crew: Crew) -> bool:
     """Linear.merge's ``weight += transpose(B @ A, fifo) * scaling`` from ``base`` into ``out``,
     by blocks of rows of ``B @ A`` that stay in cache, shared by ``crew``'s threads. Every
     element gets exactly PEFT's operations: its own dot product over r (blocks of at least
     ``MIN_BLOCK_ROWS`` rows of a product compute the values of the whole product), the float32
     product with ``scaling``, the float32 sum with the weight and one rounding to the weight's
-    dtype. Blocks write disjoint parts of ``out``.
-    Returns the smallest and largest value of ``out`` (taken block by block, while in cache)."""
+    dtype (for a bfloat16 weight, all but the product in one pass: :mod:`merge_worker.kernels`).
+    Blocks write disjoint parts of ``out``.
+    Returns whether every element of ``out`` is finite (checked block by block, in cache)."""
     rows = max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(1, a.shape[1]))
     # the last block takes the remainder, so no block has fewer than ``rows`` rows unless the
     # whole product has (and is then computed in one piece, exactly as PEFT computes it)
     count = max(1, b.shape[0] // rows) if b.shape[0] else 0
-    extremes: list[tuple[torch.Tensor, torch.Tensor]] = []
+    fused = (not fifo and out.dtype == torch.bfloat16 and a.dtype == torch.float32
+             and base.is_contiguous() and out.is_contiguous())
+    broken: list[int] = []  # blocks with a NaN or inf (list.append is atomic)
 
     def block(index: int, scratch: Scratch) -> None:
         rows_of = slice(index * rows, b.shape[0] if index == count - 1 else (index + 1) * rows)
         b_rows = b[rows_of]
         product = scratch.get(0, a.dtype, (b_rows.shape[0], a.shape[1]))
         torch.matmul(b_rows, a, out=product)
+        if fused:
+            if not add_scaled_bf16(base[rows_of], product, scaling, out[rows_of]):
+                broken.append(index)
+            return
         product.mul_(scaling)
         source, target = (base[:, rows_of], out[:, rows_of]) if fifo else (base[rows_of],
                                                                             out[rows_of])
@@ -136,14 +167,11 @@ def _add_lora(base: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.T
             wide.copy_(source)
             wide += delta
             target.copy_(wide)
-        if target.numel():
-            extremes.append(torch.aminmax(target))  # list.append is atomic
+        if not _finite(target):
+            broken.append(index)
 
     crew.run(count, block)
-    if not extremes:
-        return 0.0, 0.0
-    return (float(torch.stack([low for low, _ in extremes]).min()),
-            float(torch.stack([high for _, high in extremes]).max()))
+    return not broken
 
 
 Job = Callable[[int, "Scratch"], None]
@@ -222,17 +250,21 @@ class Crew:
 
 
 def ensure_finite(name: str, tensor: torch.Tensor) -> None:
+    if not _finite(tensor):
+        _refuse_non_finite(name)
+
+
+def _finite(tensor: torch.Tensor) -> bool:
     """NaN propagates through min/max and inf shows in them: one cheap pass, no mask."""
     if tensor.dtype not in FINITE_CHECKED or tensor.numel() == 0:
-        return
+        return True
     low, high = torch.aminmax(tensor)
-    _check_extremes(name, float(low), float(high))
+    return math.isfinite(low) and math.isfinite(high)
 
 
-def _check_extremes(name: str, low: float, high: float) -> None:
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValidationFailed(f"merged tensor {name} has NaN or infinite values; the adapter "
-                               "(or the base) is broken", tensor=name)
+def _refuse_non_finite(name: str) -> NoReturn:
+    raise ValidationFailed(f"merged tensor {name} has NaN or infinite values; the adapter "
+                           "(or the base) is broken", tensor=name)
 
 
 class Scratch:

@@ -43,22 +43,25 @@ Faster, same bits (:mod:`merge_worker.lora_math`): for plain linear/Conv1D modul
 ``* s`` and the add run by cache-sized blocks of rows of ``B @ A``, in reused buffers
 (``matmul(out=)``, ``mul_``), and the mixed-dtype ``W += delta`` is done as
 ``wide.copy_(W); wide += delta; W.copy_(wide)`` (the same float32 sum and single rounding,
-without torch's slow mixed-dtype kernel). A block has at least ``MIN_BLOCK_ROWS`` (64) rows, the
-last one taking the remainder: MKL computes products of 1-3 rows with other kernels, whose
-float32 results differ from the whole product's in the last bit, while larger row blocks give
-every element the whole product's dot product over r (tests, and the benchmark at full size,
-check the output against PEFT bit for bit). The blocks of one tensor are shared by one thread
-per CPU (at most 4; torch releases the GIL in its kernels), each running torch single-threaded
-(OpenMP teams in small ops scale badly, worst on a busy machine); each block is checked finite
-while it is in cache.
+without torch's slow mixed-dtype kernel); for a bfloat16 ``W`` (the common case) the scaling, the
+widening, the add, the rounding and the finite check are one compiled pass
+(:mod:`merge_worker.kernels`, the same IEEE operations in the same order). A block has at
+least ``MIN_BLOCK_ROWS`` (64) rows, the last one taking the remainder: MKL computes products of
+1-3 rows with other kernels, whose float32 results differ from the whole product's in the last
+bit, while larger row blocks give every element the whole product's dot product over r (tests,
+and the benchmark at full size, check the output against PEFT bit for bit). The blocks of one
+tensor are shared by one thread per CPU (at most 4; torch and the compiled pass release the GIL),
+each running torch single-threaded (OpenMP teams in small ops scale badly, worst on a busy
+machine); each block is checked finite while it is in cache.
 
 Streaming (:mod:`merge_worker.shards`): merged tensors keep name, dtype and shape, so each output
 shard has the base shard's exact header and tensor offsets. A writer thread writes the header,
 then copies the untouched tensors (checked in 16 MiB pieces first, copied by the kernel with
 ``copy_file_range``) while the merged tensors are computed, then writes those in offset order
-(overlapping disk writes with the maths). Base tensors are read through a memory map and dropped
-from memory once used; merged tensors go through two reusable buffers. Memory stays near two tensors
-plus the adapter (plus float32 scratch of one tensor for embeddings and DoRA). Shard file names, the
+(overlapping disk writes with the maths). Base and adapter tensors are read through memory maps
+and dropped from memory once used; merged tensors go through ``WRITE_SLOTS`` (4) reusable buffers,
+so the maths can run ahead of the writer. Memory stays near four tensors plus the adapter's
+largest tensors (plus float32 scratch of one tensor for embeddings and DoRA). Shard file names, the
 tensor->file map and the index are kept; every other non-weight file is copied. Everything is
 written into a hidden sibling folder renamed to ``out_dir`` at the end, so ``out_dir`` is never
 half-written (an existing non-empty ``out_dir`` is refused). Nothing is fsynced: the caller uploads
@@ -109,7 +112,7 @@ SINGLE_NAME = "model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 COPY_CHUNK = 16 << 20  # untouched tensors are copied (and checked) in pieces of this size
-WRITE_SLOTS = 2
+WRITE_SLOTS = 4  # merged tensors in flight: the maths runs ahead while the writer catches up
 # Weights in other formats would be stale (unmerged) copies: never carried over.
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json",
                    "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.gguf", "*.onnx", ".*")
@@ -154,8 +157,8 @@ def merge_adapter(
     # read-only views of the adapter file's pages (no copy into fresh memory)
     with (closing(ShardReader(read_shard(adapter_dir / ADAPTER_WEIGHTS))) as adapter_file,
           _torch_threads.single(),
-          Merger(plan.layout, {e.name: adapter_file.tensor(e) for e in adapter_file.shard.entries})
-          as merger, _staging(out_dir) as tmp):
+          Merger(plan.layout, {e.name: adapter_file.tensor(e) for e in adapter_file.shard.entries},
+                 _releaser(adapter_file)) as merger, _staging(out_dir) as tmp):
         _write_shards(plan, merger, tmp, _Progress(plan, progress, should_cancel))
         _copy_other_files(base_dir, tmp, {s.name for s in plan.shards})
         if plan.index is not None:
@@ -165,6 +168,17 @@ def merge_adapter(
     files = tuple(OutputFile(p.name, p.stat().st_size) for p in sorted(out_dir.iterdir())
                   if p.is_file())
     return MergeResult(files, merger.merged, merger.replaced)
+
+
+def _releaser(reader: ShardReader) -> Callable[[str], None]:
+    """Drops an adapter tensor's pages from memory once used (peak memory: the adapter's pages
+    would otherwise all be resident by the end of the merge)."""
+    entries = {e.name: e for e in reader.shard.entries}
+
+    def release(key: str) -> None:
+        entry = entries[key]
+        reader.release(entry.start, entry.end)
+    return release
 
 
 # --- preparation: every refusal happens here, before any output exists ----------------------

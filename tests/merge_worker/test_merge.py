@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from merge_worker import lora_math
+from merge_worker import merge as merge_module
 from merge_worker.merge import MergeCancelled, merge_adapter
 from registry.errors import Conflict, IncompatibleBase, InvalidAdapter, ValidationFailed
 from tests.fixtures.models import TinyModels, load_model, read_folder
@@ -73,6 +74,35 @@ def test_bit_identical_to_peft(
     assert result.tensors_merged > 0
     # embeddings come with their saved base_layer.weight; modules_to_save and biases replace
     assert (result.tensors_replaced > 0) == (case in ("embedding", "modules_to_save", "bias_all"))
+
+
+@pytest.mark.parametrize("case", ["patterns", "embedding", "lora_bias", "modules_to_save",
+                                  "bias_all", "dora_conv1d", "dora_linear_embedding"])
+def test_every_adapter_tensor_is_released_once_used(
+    tiny_models: TinyModels, tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adapter's mapped pages are dropped tensor by tensor (peak memory), and dropping
+    them changes no bits."""
+    family, lora = {**CASES, **DORA_CASES}[case]
+    base = tiny_models.base(family, "fp32")
+    adapter = tiny_models.adapter(base, **lora)
+    released: list[str] = []
+    original = merge_module._releaser
+
+    def recording(reader: Any) -> Any:
+        release = original(reader)
+
+        def record(key: str) -> None:
+            released.append(key)
+            release(key)
+        return record
+
+    monkeypatch.setattr(merge_module, "_releaser", recording)
+    merge_adapter(base, adapter, tmp_path / "out")
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
+        assert sorted(released) == sorted(f.keys())
+    assert_matches_peft(tmp_path / "out", base, tiny_models.peft_merged(base, adapter),
+                        exact=not case.startswith("dora"))
 
 
 @pytest.mark.parametrize("case", list(DORA_CASES))

@@ -76,11 +76,11 @@ def test_small_remainder_rows_join_the_last_block(
     crew = Crew(2)
     try:
         out = torch.empty_like(base)
-        low, high = lora_math._add_lora(base, out, a, b, 0.5, fifo, crew)
+        finite = lora_math._add_lora(base, out, a, b, 0.5, fifo, crew)
     finally:
         crew.close()
     assert torch.equal(out, expected)
-    assert (low, high) == (float(expected.min()), float(expected.max()))
+    assert finite
 
 
 def test_crew_runs_every_block_once_each_thread_with_its_own_scratch() -> None:
