@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Two images from one file:
 #   docker build --target api    -t lorareg-api .     (no torch: registry, API, CLI)
-#   docker build --target worker -t lorareg-worker .  (adds CPU-only torch for merges)
+#   docker build --target worker -t lorareg-worker .  (adds CPU-only torch and numba for merges)
 # Multi-stage: wheels are built in a builder stage; runtime stages are slim and run as a
 # non-root user. No secrets are baked in: configuration comes from LORAREG_* at run time.
 

@@ -9,9 +9,11 @@ IEEE operations in the same order (no fused multiply-add: numba does not contrac
 unless asked to with fastmath), so its output is bit for bit torch's, and PEFT's.
 
 bfloat16 is the upper half of a float32: widening is a 16-bit shift, and the rounding is torch's
-own (``c10::BFloat16``'s round_to_nearest_even: add ``0x7FFF`` plus the lowest kept bit, shift).
-NaN is the one input that rounding does not keep bit for bit (torch writes a quiet NaN, ``0x7FC0``
-or ``0xFFFF`` by code path); a NaN output fails the merge anyway, so its bits do not matter.
+own (``c10::BFloat16``'s round_to_nearest_even: a NaN becomes the quiet NaN ``0x7FC0``, anything
+else gets ``0x7FFF`` plus the lowest kept bit added, then the shift). The NaN test must come
+first: a NaN's payload can carry that addition into the sign bit or out of the word (``0x7FFFFFFF``
+would round to ``-0.0``). torch's vectorised copy writes ``0xFFFF`` for a NaN instead; a NaN fails
+the merge either way, so only NaN-ness has to match.
 
 Compiled when this module is imported (numba caches the machine code on disk where it can), so a
 worker pays it once, at start, not in its first merge.
@@ -58,6 +60,8 @@ def _add_scaled_bf16(weight, product, scale, out):  # type: ignore[no-untyped-de
         total = _bits_from_float(wide + product[i] * scale)
         rounded = (total + np.uint32(0x7FFF) + ((total >> np.uint32(16)) & np.uint32(1))
                    ) >> np.uint32(16)
+        if (total & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN
+            rounded = np.uint32(0x7FC0)
         worst = max(worst, rounded & np.uint32(0x7FFF))
         out[i] = np.uint16(rounded)
     return worst
@@ -71,7 +75,7 @@ def _compile(cache: bool) -> Callable[..., np.uint32]:
 
 try:
     _fused = _compile(cache=True)
-except RuntimeError:  # nowhere writable to cache it: compile in memory
+except (RuntimeError, OSError):  # nowhere writable to cache it (or no room): compile in memory
     _fused = _compile(cache=False)
 
 
@@ -80,7 +84,11 @@ def add_scaled_bf16(weight: torch.Tensor, product: torch.Tensor, scale: float,
     """``out = bfloat16(float32(weight) + product * scale)``, element by element, with PEFT's
     roundings; returns whether every element of ``out`` is finite. ``weight`` and ``out`` are
     contiguous bfloat16 tensors, ``product`` a contiguous float32 tensor, all of one size
-    (``view`` refuses anything else: a copy would leave ``out`` unwritten)."""
+    (anything else raises ValueError: the loop itself checks no bounds)."""
+    if not (weight.dtype == out.dtype == torch.bfloat16 and product.dtype == torch.float32
+            and weight.numel() == product.numel() == out.numel()):
+        raise ValueError("add_scaled_bf16 needs bfloat16 weight and out and a float32 product "
+                         "of one size")
     worst = _fused(_u16(weight), product.view(-1).numpy(), np.float32(scale), _u16(out))
     return int(worst) < BF16_EXPONENT
 

@@ -37,9 +37,9 @@ class Merger:
 
     def __init__(self, layout: AdapterLayout, adapter: Mapping[str, torch.Tensor],
                  release: Callable[[str], None] | None = None) -> None:
-        """``adapter``: the adapter's tensors by key; ``release(key)``, if given, is called once a
-        tensor has been used (a memory-mapped adapter can drop its pages; using it again later
-        must still work)."""
+        """``adapter``: the adapter's tensors by key, only ever read; ``release(key)``, if given,
+        is called once a tensor has been used (a memory-mapped adapter drops its pages: a later
+        read re-reads the file, while a write into the mapping could be lost, hence read-only)."""
         self.adapter = adapter
         self.release = release
         self.weights = {m.base_weight: m for m in layout.modules}
@@ -143,7 +143,7 @@ def _add_lora(base: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.T
     # the last block takes the remainder, so no block has fewer than ``rows`` rows unless the
     # whole product has (and is then computed in one piece, exactly as PEFT computes it)
     count = max(1, b.shape[0] // rows) if b.shape[0] else 0
-    fused = (not fifo and out.dtype == torch.bfloat16 and a.dtype == torch.float32
+    fused = (not fifo and base.dtype == out.dtype == torch.bfloat16 and a.dtype == torch.float32
              and base.is_contiguous() and out.is_contiguous())
     broken: list[int] = []  # blocks with a NaN or inf (list.append is atomic)
 

@@ -105,6 +105,45 @@ def test_non_finite_inputs_are_reported(weight: float, product: float) -> None:
     assert_same_bits(weights, products, 2.0)
 
 
+def nan_with_bits(bits: int) -> float:
+    return float(torch.tensor([bits], dtype=torch.int64).to(torch.int32).view(torch.float32))
+
+
+@pytest.mark.parametrize("bits", [0x7FFFFFFF, 0xFFFFFFFF, 0x7FFF8000, 0xFFFF8000, 0x7F800001])
+def test_nan_payloads_that_would_carry_out_are_reported(bits: int) -> None:
+    """Rounding adds 0x7FFF to the float32 bits: for these NaNs that carries into the sign bit or
+    out of the word (0x7FFFFFFF would round to -0.0); torch tests for NaN first, so does ours."""
+    product = torch.tensor([0.5, 0.0, 0.25])
+    product[1] = nan_with_bits(bits)  # (x86 keeps a NaN's payload through mul and add)
+    weights = torch.tensor([1.0, 1.0, 2.0], dtype=torch.bfloat16)
+    out, finite = fused(weights, product, 2.0)
+    assert not finite
+    assert math.isnan(float(out[1])) and out.float()[[0, 2]].tolist() == [2.0, 2.5]
+    assert_same_bits(weights, product, 2.0)
+
+
+def test_a_nan_payload_in_the_adapter_fails_the_block() -> None:
+    torch.manual_seed(2)
+    a, b = torch.randn(16, 1000), torch.randn(128, 16)
+    a[3, 7] = nan_with_bits(0xFFFFFFFF)
+    base = torch.randn(128, 1000).bfloat16()
+    crew = Crew(2)
+    try:
+        assert not lora_math._add_lora(base, torch.empty_like(base), a, b, 0.7, False, crew)
+    finally:
+        crew.close()
+
+
+def test_mismatched_sizes_or_dtypes_are_refused() -> None:
+    weight, product = torch.ones(16, dtype=torch.bfloat16), torch.ones(16)
+    for args in ((weight, product, torch.empty(8, dtype=torch.bfloat16)),  # out too short
+                 (weight, product[:8], torch.empty_like(weight)),
+                 (weight.float(), product, torch.empty_like(weight)),
+                 (weight, product.double(), torch.empty_like(weight))):
+        with pytest.raises(ValueError, match="one size"):
+            kernels.add_scaled_bf16(args[0], args[1], 1.0, args[2])
+
+
 def test_signed_zeros_and_subnormals() -> None:
     tiny = 2.0 ** -140  # a float32 subnormal, and a bfloat16 one (same exponent range)
     weight = torch.tensor([-0.0, -0.0, 0.0, tiny, -tiny, 2.0 ** -126], dtype=torch.bfloat16)
