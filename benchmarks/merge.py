@@ -333,6 +333,7 @@ def main() -> None:
     rounds += [(["peft"], True)] * args.repeat if "peft" in commands else []
     for labels, counted in rounds:
         for label in labels:
+            warm(base)  # this VM evicts page cache it thinks is cold (DAMON): re-read what it took
             out = runs / label.replace(" ", "")
             run = measure(commands[label](out), out, python_child=label != "cp -r")
             if counted:
