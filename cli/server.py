@@ -63,8 +63,9 @@ def serve(host: str, port: int, workers: int) -> None:
 def _start_embedded_workers(count: int, stopping: threading.Event) -> None:
     if count <= 0:
         return
-    if importlib.util.find_spec("torch") is None:
-        click.secho("merges are disabled: the worker needs torch "
+    missing = [name for name in ("torch", "numba") if importlib.util.find_spec(name) is None]
+    if missing:
+        click.secho(f"merges are disabled: the worker needs {' and '.join(missing)} "
                     "(pip install torch==2.13.0 'lorareg[worker]')", fg="yellow", err=True)
         return
     from merge_worker.__main__ import start_workers

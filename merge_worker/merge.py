@@ -60,8 +60,8 @@ then copies the untouched tensors (checked in 16 MiB pieces first, copied by the
 ``copy_file_range``) while the merged tensors are computed, then writes those in offset order
 (overlapping disk writes with the maths). Base and adapter tensors are read through memory maps
 and dropped from memory once used; merged tensors go through ``WRITE_SLOTS`` (4) reusable buffers,
-so the maths can run ahead of the writer. Memory stays near four tensors plus the adapter's
-largest tensors (plus float32 scratch of one tensor for embeddings and DoRA). Shard file names, the
+so the maths can run ahead of the writer. Memory stays near four tensors plus the adapter
+tensors in use (plus float32 scratch of one tensor for embeddings and DoRA). Shard file names, the
 tensor->file map and the index are kept; every other non-weight file is copied. Everything is
 written into a hidden sibling folder renamed to ``out_dir`` at the end, so ``out_dir`` is never
 half-written (an existing non-empty ``out_dir`` is refused). Nothing is fsynced: the caller uploads

@@ -193,3 +193,24 @@ def test_help_lists_the_new_commands() -> None:
         assert f"  {command}" in result.stdout
     merge_help = CliRunner().invoke(main, ["merge", "--help"]).stdout
     assert "3  the job was cancelled" in merge_help and "--timeout" in merge_help
+
+
+@pytest.mark.parametrize("missing", [("torch",), ("numba",), ("torch", "numba")])
+def test_serve_without_the_worker_extra_says_what_is_missing(
+    missing: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lorareg serve` from the plain install runs without merges and says how to get them."""
+    import importlib.util
+    import threading
+
+    from cli import server
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in missing else real(name, *a))
+    server._start_embedded_workers(1, threading.Event())
+    err = capsys.readouterr().err
+    assert f"merges are disabled: the worker needs {' and '.join(missing)} " in err
+    assert "lorareg[worker]" in err
+    assert not [t for t in threading.enumerate()
+                if t.name == "controller" or t.name.startswith("worker-")]  # nothing started
