@@ -15,11 +15,12 @@ in every other round, after ``--warmup`` uncounted rounds), then (b) ``--repeat`
     ``merge_and_unload`` + ``save_pretrained`` (2 GB shards, like the base);
 (c) ``cp -r`` of the base folder.
 
-Each run starts right after the previous output of its command is deleted and ``sync`` ran (see
-``clear``). Neither (a) nor (c) fsyncs its output. Figures: the best and the median of the
-runs (RSS: the largest). "work" is the time the child spends after its imports (torch alone
-takes 1-3 s to import; a worker process pays that once, not per merge). Finally every tensor of
-(a)'s output is compared with (b)'s (``torch.equal``). Usage::
+Each run starts right after the base was read once more (this VM evicts page cache), ``sync``
+ran and the previous output of its command was deleted (see ``clear``). Neither (a) nor (c)
+fsyncs its output. Figures: the best and the median of the runs (RSS: the largest), and the
+ratio of (a) to (c) round by round. "work" is the time the child spends after its imports (torch
+alone takes 1-3 s to import; a worker process pays that once, not per merge). Finally every
+tensor of (a)'s output is compared with (b)'s (``torch.equal``). Usage::
 
     .venv/bin/python benchmarks/merge.py [--repeat 3] [--warmup 1] [--skip-peft]
         [--data benchmarks/_data/merge]
