@@ -390,10 +390,8 @@ def test_the_cache_skips_hashing_unchanged_files(
     first, _ = fingerprint_cached(paths, cache)
     assert sorted(count_hashes) == sorted(weights)
     count_hashes.clear()
-    started = time.perf_counter()
     second, calls = fingerprint_cached(paths, FingerprintCache(cache.path))  # another instance
-    assert time.perf_counter() - started < 0.5
-    assert second == first and count_hashes == [] and calls == [(0, 0)]
+    assert second == first and count_hashes == [] and calls == [(0, 0)]  # nothing hashed
 
 
 def test_touching_a_file_invalidates_only_that_file(
