@@ -76,9 +76,9 @@ class Merger:
         keys = [self.replacements[name]] if name in self.replacements else []
         if name in self.weights:
             m = self.weights[name]
-            keys += [k for k in (m.a_key, m.b_key, m.magnitude_key) if k is not None]
-        if name in self.biases and self.biases[name].bias_key is not None:
-            keys.append(str(self.biases[name].bias_key))
+            keys += filter(None, (m.a_key, m.b_key, m.magnitude_key))
+        if name in self.biases:  # (only modules with a bias_key are in self.biases)
+            keys += filter(None, (self.biases[name].bias_key,))
         return keys
 
     def _build(self, name: str, base: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
