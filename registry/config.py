@@ -71,6 +71,28 @@ class Settings(BaseSettings):
         5.0, description="first retry delay of a webhook delivery (doubles each attempt)"
     )
     log_format: Literal["json", "text"] = Field("text", description="log line format")
+    blob_dedup: Literal["auto", "global", "namespace"] = Field(
+        "auto", description="global: any pusher learns which blobs exist anywhere (dedup "
+        "across tenants); namespace: a namespace-scoped token sees and reuses only blobs its "
+        "namespace holds and proves possession of others by uploading them; auto: global in "
+        "embedded mode, namespace in production"
+    )
+    webhook_allow_private: bool = Field(
+        False, description="instance-wide: let webhooks target private, loopback and "
+        "link-local addresses (cloud metadata stays refused)"
+    )
+    max_safetensors_header: int = Field(
+        16 * 1024 * 1024, description="largest safetensors JSON header accepted, bytes"
+    )
+    max_safetensors_tensors: int = Field(
+        100_000, description="most tensors one safetensors file may declare"
+    )
+    upload_read_timeout_seconds: float = Field(
+        30.0, description="an upload that sends nothing for this long is cut off (408)"
+    )
+    max_concurrent_uploads_per_token: int = Field(
+        8, description="blob uploads one token may have in flight at once (429 beyond)"
+    )
 
     @property
     def effective_database_url(self) -> str:
