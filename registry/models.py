@@ -124,11 +124,28 @@ class Blob(Base):
     last_seen_at: Mapped[timestamp]
 
 
+class BlobHolder(Base):
+    """A namespace that may reference and read a blob without uploading it again: it uploaded
+    the bytes (proving possession) or one of its versions or merged artifacts refers to it.
+    Consulted only when blob dedup is per namespace (``LORAREG_BLOB_DEDUP``)."""
+
+    __tablename__ = "blob_holders"
+
+    namespace_id: Mapped[int] = mapped_column(
+        BigIntPK, ForeignKey("namespaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    digest: Mapped[str] = mapped_column(
+        ForeignKey("blobs.digest", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[timestamp]
+
+
 class BaseModel(Base):
-    """A base model: hub id + revision + the fingerprint of its weights."""
+    """A base model: hub id + revision + the fingerprint of its weights. Immutable: one row
+    per ``hub_id@revision``; registering other weights under it is a conflict."""
 
     __tablename__ = "base_models"
-    __table_args__ = (UniqueConstraint("hub_id", "revision", "fingerprint"),)
+    __table_args__ = (UniqueConstraint("hub_id", "revision"),)
 
     id: Mapped[intpk]
     hub_id: Mapped[str] = mapped_column(String(256))
