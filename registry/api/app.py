@@ -27,6 +27,7 @@ from registry.api.routes import (
 from registry.blobs import BlobStore, open_blob_store
 from registry.config import Settings, get_settings
 from registry.db import make_engine, make_session_factory
+from registry.errors import PayloadTooLarge
 from registry.observability import RequestObserver, configure_logging
 
 log = logging.getLogger("lorareg.api")
@@ -34,7 +35,11 @@ log = logging.getLogger("lorareg.api")
 
 class BodyLimit:
     """Refuse request bodies over the limit with 413, counting bytes as they arrive (a lying
-    or absent Content-Length cannot get past it). Blob uploads have their own, larger limit."""
+    or absent Content-Length cannot get past it). Blob uploads have their own, larger limit.
+
+    Past the limit the app's ``receive`` raises PayloadTooLarge. Whatever the app then answers
+    is dropped for our 413: FastAPI turns any failure while it reads a JSON body into its own
+    400, and a handler may answer with a page of its own."""
 
     def __init__(self, app: ASGIApp, json_limit: int, blob_limit: int) -> None:
         self.app, self.json_limit, self.blob_limit = app, json_limit, blob_limit
@@ -49,32 +54,36 @@ class BodyLimit:
         if declared and declared.isdigit() and int(declared) > limit:
             await _too_large(send, limit)
             return
-        seen = 0
+        seen, over, started = 0, False, False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise _TooLarge
+                over = True
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
             return message
 
+        async def answer(message: Message) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the app's answer to the body it could not read: ours replaces it
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
+            await self.app(scope, limited, answer)
+        except Exception:
+            if not over or started:
+                raise
+        if over and not started:
             await _too_large(send, limit)
 
 
-class _TooLarge(Exception):
-    pass
-
-
 async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps({
-        "type": "https://lorareg.dev/problems/payload_too_large", "title": "Payload too large",
-        "status": 413, "code": "payload_too_large",
-        "detail": f"request body exceeds the limit of {limit} bytes",
-    }).encode()
+    problem = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes").to_problem()
+    body = json.dumps(problem).encode()
     await send({"type": "http.response.start", "status": 413, "headers": [
         (b"content-type", b"application/problem+json"),
         (b"content-length", str(len(body)).encode())]})

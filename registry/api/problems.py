@@ -19,9 +19,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api.deps import get_ctx
 from registry.errors import RegistryError
+from registry.observability import request_id_var
 
 log = logging.getLogger("lorareg.api")
 PROBLEM = "application/problem+json"
@@ -36,8 +38,18 @@ def problem_response(
 
 def _registry_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RegistryError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return problem_response(exc.to_problem(), headers)
+    return problem_response(exc.to_problem(), _error_headers(exc))
+
+
+def _error_headers(exc: RegistryError) -> dict[str, str] | None:
+    if exc.status_code == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if exc.status_code == 408:
+        # The client stalled mid-body: close rather than keep reading what it may still send.
+        return {"Connection": "close"}
+    if "retry_after" in exc.extra:
+        return {"Retry-After": str(exc.extra["retry_after"])}
+    return None
 
 
 def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -74,8 +86,8 @@ def _out_of_range(_request: Request, exc: Exception) -> JSONResponse:
     })
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    request_id = getattr(request.state, "request_id", None)
+def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    request_id = request_id_var.get()  # set by RequestObserver for the whole request
     # exc_info=exc: handlers may run outside the except block, where exception() logs nothing.
     log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
     return problem_response({
@@ -85,13 +97,50 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     })
 
 
+class InternalErrors:
+    """ASGI middleware: an exception that no handler took becomes the problem+json 500 of
+    :func:`_unexpected`, sent like any other answer, and the connection stays open.
+
+    Starlette's own catch-all (``ServerErrorMiddleware``, where an ``Exception`` handler goes)
+    answers too, but then re-raises, and uvicorn closes the connection of a request whose app
+    raised: a client that reuses it gets ECONNRESET on its next request. An exception after
+    the answer started cannot be answered: it goes on, and uvicorn closes the connection, as
+    it must, since the body is incomplete.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise
+            await _unexpected(Request(scope), exc)(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    """Error handlers, and the OpenAPI document's error answers. Call it before adding any
+    middleware: :class:`InternalErrors` must be the innermost, so that the others (request
+    metrics, body limits) see its 500 as an ordinary answer."""
+    app.add_middleware(InternalErrors)
     app.add_exception_handler(RegistryError, _registry_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(OverflowError, _out_of_range)
     app.add_exception_handler(DataError, _out_of_range)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(Exception, _unexpected)  # outside our middleware: rare
     generate = app.openapi
     documented: list[dict[str, Any]] = []
 
@@ -139,6 +188,9 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "expected_size": {"type": "integer"},
         "received_size": {"type": "integer"},
         "s3_code": {"type": "string"},
+        "retry_after": {"type": "integer",
+                        "description": "too_many_requests: seconds to wait (as Retry-After)"},
+        "limit": {"type": "integer", "description": "too_many_requests: the limit reached"},
     },
     "additionalProperties": True,
 }
@@ -157,6 +209,7 @@ DESCRIPTIONS = {
     401: "Authentication required: no valid API token",
     403: "Permission denied: the token's role or namespace does not allow this",
     404: "Not found",
+    408: "Request timeout: the upload sent nothing for LORAREG_UPLOAD_READ_TIMEOUT_SECONDS",
     409: "Conflict with the current state (already exists, revision changed, yanked, busy)",
     413: "Request body over the server's limit",
     416: "Range not satisfiable",
@@ -307,7 +360,11 @@ _ELSEWHERE: dict[tuple[str, str], dict[str, Any]] = {
             "304": _BLOB_NOT_MODIFIED, "307": _REDIRECT, "416": _UNSATISFIABLE,
             **responses(503)},
     },
-    ("put", "/api/v1/blobs/{digest}"): {"responses": responses(503)},
+    ("put", "/api/v1/blobs/{digest}"): {"responses": {
+        **responses(408, 503),
+        "429": {"description": "Too many uploads of this token in flight "
+                               "(LORAREG_MAX_CONCURRENT_UPLOADS_PER_TOKEN); nothing was read",
+                "headers": {"Retry-After": header("seconds to wait before retrying")}}}},
     ("get", "/api/v1/resolve/{ns}/{target}"): {
         "parameters": [{**_IF_NONE_MATCH,
                         "description": "the ETag of your last answer: 304 while the channel "
