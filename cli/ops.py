@@ -21,7 +21,9 @@ def webhook() -> None:
               help="Event type to send (repeatable), e.g. version.pushed, rollout.aborted.")
 @click.option("--secret", default=None, help="Signing secret whsec_... (default: generated).")
 @click.option("--allow-private", is_flag=True,
-              help="Allow URLs that resolve to link-local/metadata addresses.")
+              help="Target a private or loopback address; refused unless the server's "
+                   "operator allows private targets (LORAREG_WEBHOOK_ALLOW_PRIVATE). "
+                   "Link-local and cloud metadata addresses are always refused.")
 @json_option
 @pass_app
 def add(app: App, namespace: str, url: str, events: tuple[str, ...], secret: str | None,

@@ -20,13 +20,13 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-import httpx
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.blobs import BlobStore
 from registry.config import Settings
 from registry.db import transaction
+from registry.egress import Guard
 from registry.errors import BadRequest, Conflict, NotFound, RegistryError
 from registry.observability import request_id_var
 from registry.services import jobs, rollouts, webhooks
@@ -105,7 +105,7 @@ class Worker:
         self.stopping = stopping or threading.Event()
         self.tick_seconds = min(poll_seconds, 1.0)
         self._last_tick = 0.0
-        self._http = httpx.Client(timeout=webhooks.TIMEOUT, follow_redirects=False)
+        self._http = webhooks.DeliveryClient(Guard(settings.webhook_allow_private))
 
     def run(self) -> None:
         """Claim and run jobs until stopped; database outages are waited out."""

@@ -19,21 +19,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
+import logging
 import secrets
-import socket
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.errors import BadRequest, NotFound
+from registry.egress import Guard, guarded_client
+from registry.errors import BadRequest, NotFound, PermissionDenied
 from registry.models import AuditEvent, Webhook, WebhookDelivery, WebhookEvent, utcnow
 
 EVENT_TYPES = (
@@ -51,9 +51,9 @@ FROM_AUDIT = {
     "channel.promoted": "channel.changed", "channel.configured": "channel.changed",
     "channel.rollback": "rollback",
 }
-# Cloud metadata endpoints beyond the link-local range.
-METADATA_HOSTS = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
 TIMEOUT = httpx.Timeout(10.0)
+PUBLIC_ONLY = Guard()  # an instance that does not allow private targets
+log = logging.getLogger("lorareg.webhooks")
 
 
 def event_type_of(event: AuditEvent) -> str | None:
@@ -91,28 +91,6 @@ def _queue(session: Session, hooks: Sequence[Webhook], namespace: str, kind: str
     return row
 
 
-def check_url(url: str, allow_private: bool) -> str:
-    """Refuse URLs that are not http(s) or that resolve to link-local/metadata addresses
-    (SSRF), unless ``allow_private``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadRequest(f"webhook URL {url!r} must be an absolute http(s) URL")
-    if allow_private:
-        return url
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise BadRequest(f"webhook host {parts.hostname!r} does not resolve: {exc}") from exc
-    for info in infos:
-        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if (addr.is_link_local or addr.is_multicast or addr.is_unspecified
-                or addr in METADATA_HOSTS):
-            raise BadRequest(
-                f"webhook URL {url!r} resolves to {addr}, a link-local or metadata address; "
-                "pass allow_private to subscribe it anyway")
-    return url
-
-
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
@@ -124,14 +102,22 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def create(session: Session, namespace: str, url: str, event_types: Sequence[str], *,
-           created_by: str, allow_private: bool = False, secret: str | None = None) -> Webhook:
+           created_by: str, guard: Guard = PUBLIC_ONLY, allow_private: bool = False,
+           secret: str | None = None) -> Webhook:
+    """Subscribe ``url``. ``guard`` is the instance's (LORAREG_WEBHOOK_ALLOW_PRIVATE);
+    ``allow_private`` asks for a private target, which only that setting can permit."""
     unknown = sorted(set(event_types) - set(EVENT_TYPES))
     if not event_types or unknown:
         raise BadRequest(f"event types must be a non-empty subset of {', '.join(EVENT_TYPES)}"
                          + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     if secret is not None and not secret.startswith("whsec_"):
         raise BadRequest("a webhook secret looks like whsec_<base64>")
-    hook = Webhook(namespace=namespace, url=check_url(url, allow_private),
+    if allow_private and not guard.allow_private:
+        raise PermissionDenied(
+            "private webhook targets are turned off on this instance; only its operator can "
+            "turn them on (LORAREG_WEBHOOK_ALLOW_PRIVATE), and link-local and cloud metadata "
+            "addresses stay refused even then")
+    hook = Webhook(namespace=namespace, url=guard.narrowed(allow_private).check_url(url),
                    secret=secret or new_secret(), event_types=sorted(set(event_types)),
                    allow_private=allow_private, created_by=created_by)
     session.add(hook)
@@ -164,7 +150,35 @@ def redeliver(session: Session, delivery_id: int) -> WebhookDelivery:
     return row
 
 
-def deliver_one(session: Session, client: httpx.Client, *, max_attempts: int,
+class DeliveryClient:
+    """The HTTP clients deliveries go through, each connection checked by the instance's
+    guard: one for public targets, and one for webhooks subscribed with ``allow_private``
+    while the instance allows private targets. (Two pools, so that a connection opened for a
+    private target is never reused by a webhook that may not reach it.)"""
+
+    def __init__(self, guard: Guard, timeout: httpx.Timeout = TIMEOUT) -> None:
+        self.public = guarded_client(guard.narrowed(False), timeout)
+        self.private = guarded_client(guard, timeout) if guard.allow_private else None
+
+    def for_hook(self, hook: Webhook) -> httpx.Client:
+        if hook.allow_private and self.private is not None:
+            return self.private
+        return self.public
+
+    def close(self) -> None:
+        self.public.close()
+        if self.private is not None:
+            self.private.close()
+
+    def __enter__(self) -> DeliveryClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def deliver_one(session: Session, client: DeliveryClient, *, max_attempts: int,
                 backoff: timedelta) -> WebhookDelivery | None:
     """Send the oldest due delivery (held under its row lock while sending)."""
     now = utcnow()
@@ -177,7 +191,7 @@ def deliver_one(session: Session, client: httpx.Client, *, max_attempts: int,
     hook = session.get_one(Webhook, row.webhook_id)
     event = session.get_one(WebhookEvent, row.event_id)
     row.attempts += 1
-    code, error = _send(client, hook, event)
+    code, error = _send(client.for_hook(hook), hook, event, row.id)
     row.last_status_code, row.last_error = code, error
     if error is None:
         row.status, row.delivered_at = "delivered", utcnow()
@@ -189,8 +203,11 @@ def deliver_one(session: Session, client: httpx.Client, *, max_attempts: int,
     return row
 
 
-def _send(client: httpx.Client, hook: Webhook, event: WebhookEvent) -> tuple[int | None,
-                                                                          str | None]:
+def _send(client: httpx.Client, hook: Webhook, event: WebhookEvent,
+          delivery_id: int) -> tuple[int | None, str | None]:
+    """POST the event; the error stored for the namespace's admins says only that it failed
+    (and the status, if one came back): what went wrong at connect (refused by the address
+    guard, connection refused, timeout) would map the network behind the server."""
     body = json.dumps(event.payload, separators=(",", ":"), sort_keys=True).encode()
     msg_id, timestamp = f"evt_{event.id}", int(time.time())
     headers = {"content-type": "application/json", "webhook-id": msg_id,
@@ -198,13 +215,14 @@ def _send(client: httpx.Client, hook: Webhook, event: WebhookEvent) -> tuple[int
                "webhook-signature": sign(hook.secret, msg_id, timestamp, body),
                "user-agent": "lorareg-webhooks"}
     try:
-        check_url(hook.url, hook.allow_private)  # re-check: DNS may have changed since
         response = client.post(hook.url, content=body, headers=headers)
-    except (httpx.HTTPError, BadRequest) as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:2000]
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        log.warning("webhook %s delivery %s to %s failed: %s: %s", hook.id, delivery_id,
+                    hook.url, type(exc).__name__, exc)
+        return None, "delivery failed"
     if 200 <= response.status_code < 300:
         return response.status_code, None
-    return response.status_code, f"HTTP {response.status_code}"
+    return response.status_code, f"delivery failed: HTTP {response.status_code}"
 
 
 def stats(session: Session) -> dict[str, int]:

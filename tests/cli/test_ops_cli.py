@@ -19,8 +19,9 @@ from tests.registry.test_webhooks import Receiver
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with embedded_server(tmp_path_factory.mktemp("ops"), LORAREG_WEBHOOK_BACKOFF_SECONDS="0.2"
-                         ) as srv:
+    # The receiver listens on loopback, a private target: the instance allows those.
+    with embedded_server(tmp_path_factory.mktemp("ops"), LORAREG_WEBHOOK_BACKOFF_SECONDS="0.2",
+                         LORAREG_WEBHOOK_ALLOW_PRIVATE="true") as srv:
         yield srv
 
 
@@ -34,7 +35,8 @@ def receiver() -> Iterator[Receiver]:
 def test_webhook_add_test_deliveries_rm(server: LiveServer, receiver: Receiver,
                                         tiny_models: TinyModels) -> None:
     env = server.env
-    added = run(env, "--json", "webhook", "add", "acme", receiver.url,
+    assert run(env, "webhook", "add", "acme", receiver.url, "--event", "ping").code == 4
+    added = run(env, "--json", "webhook", "add", "acme", receiver.url, "--allow-private",
                 "--event", "version.pushed", "--event", "ping").json()
     secret, hook = added["secret"], added["id"]
     assert secret.startswith("whsec_")
@@ -59,7 +61,8 @@ def test_webhook_add_test_deliveries_rm(server: LiveServer, receiver: Receiver,
     assert run(env, "webhook", "rm", str(hook)).code == 0
     listed = run(env, "--json", "webhook", "ls", "acme").json()
     assert [h["active"] for h in listed] == [False]
-    refused = run(env, "webhook", "add", "acme", "http://169.254.169.254/x", "--event", "ping")
+    refused = run(env, "webhook", "add", "acme", "http://[::ffff:169.254.169.254]/x",
+                  "--allow-private", "--event", "ping")
     assert refused.code == 4 and "link-local" in refused.stderr
 
 

@@ -1,4 +1,8 @@
-"""Webhooks against a real local HTTP receiver: signatures, retries, at-least-once."""
+"""Webhooks against a real local HTTP receiver: signatures, retries, at-least-once.
+
+The receiver listens on loopback, a private target: these tests subscribe it as an instance
+that allows private targets would (``LOCAL``); the address guard has its own tests in
+``test_webhook_targets.py``."""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry.blobs import LocalBlobStore
 from registry.db import make_engine, make_session_factory, transaction
-from registry.errors import BadRequest
+from registry.egress import Guard
+from registry.errors import BadRequest, PermissionDenied
 from registry.models import WebhookDelivery
 from registry.refs import Ref
 from registry.services import bases, channels, jobs, merges, rollouts, versions, webhooks
@@ -34,6 +39,8 @@ from tests.fixtures.server import free_port
 from tests.registry.test_bases import entries, registration
 
 ACTOR = Actor("dave")
+# An instance with LORAREG_WEBHOOK_ALLOW_PRIVATE on, and a webhook that asks for it.
+LOCAL: dict[str, Any] = {"guard": Guard(allow_private=True), "allow_private": True}
 
 
 class Receiver:
@@ -42,6 +49,7 @@ class Receiver:
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         self.failing = False
+        self.status, self.headers = 204, dict[str, str]()  # the answer when not failing
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,7 +59,9 @@ class Receiver:
                     self.send_response(503)
                 else:
                     receiver.received.append({"headers": dict(self.headers), "body": body})
-                    self.send_response(204)
+                    self.send_response(receiver.status)
+                    for name, value in receiver.headers.items():
+                        self.send_header(name, value)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -90,7 +100,7 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
 
 def deliver_all(sessions: sessionmaker[Session], rounds: int = 200) -> int:
     sent = 0
-    with httpx.Client(timeout=5) as client:
+    with webhooks.DeliveryClient(LOCAL["guard"]) as client:
         for _ in range(rounds):
             with transaction(sessions) as session:
                 row = webhooks.deliver_one(session, client, max_attempts=5,
@@ -140,7 +150,7 @@ def test_every_event_type_arrives_once_signed(sessions: sessionmaker[Session],
                                               receiver: Receiver, tmp_path: Path) -> None:
     with transaction(sessions) as session:
         hook = webhooks.create(session, "acme", receiver.url, list(webhooks.EVENT_TYPES),
-                               created_by="t")
+                               created_by="t", **LOCAL)
         secret, hook_id = hook.secret, hook.id
     make_everything_happen(sessions, tmp_path)
     with transaction(sessions) as session:
@@ -159,7 +169,8 @@ def test_every_event_type_arrives_once_signed(sessions: sessionmaker[Session],
 def test_receiver_down_then_back_gets_everything(sessions: sessionmaker[Session],
                                                  receiver: Receiver, tmp_path: Path) -> None:
     with transaction(sessions) as session:
-        webhooks.create(session, "acme", receiver.url, ["version.pushed"], created_by="t")
+        webhooks.create(session, "acme", receiver.url, ["version.pushed"], created_by="t",
+                        **LOCAL)
     receiver.failing = True
     store = LocalBlobStore(tmp_path / "blobs")
     with transaction(sessions) as session:
@@ -181,7 +192,8 @@ def test_receiver_down_then_back_gets_everything(sessions: sessionmaker[Session]
 def test_dead_after_max_attempts_and_redeliver(sessions: sessionmaker[Session],
                                                receiver: Receiver, tmp_path: Path) -> None:
     with transaction(sessions) as session:
-        hook = webhooks.create(session, "acme", receiver.url, ["ping"], created_by="t")
+        hook = webhooks.create(session, "acme", receiver.url, ["ping"], created_by="t",
+                               **LOCAL)
         webhooks.ping(session, hook)
     receiver.failing = True
     deliver_all(sessions)
@@ -202,34 +214,44 @@ def test_crash_between_commit_and_send_still_delivers(
     """A worker that dies mid-delivery rolls back its attempt: the event is sent later, with
     the same webhook-id."""
     with transaction(sessions) as session:
-        hook = webhooks.create(session, "acme", receiver.url, ["ping"], created_by="t")
+        hook = webhooks.create(session, "acme", receiver.url, ["ping"], created_by="t",
+                               **LOCAL)
         webhooks.ping(session, hook)
 
     class Died(Exception):
         pass
 
-    class DyingClient(httpx.Client):
-        def post(self, *args: Any, **kwargs: Any) -> httpx.Response:
-            super().post(*args, **kwargs)  # the request went out...
-            raise Died  # ...and the worker died before committing
+    def die(response: httpx.Response) -> None:
+        raise Died  # the request went out, and the worker died before committing
 
-    with pytest.raises(Died), DyingClient() as client, transaction(sessions) as session:
-        webhooks.deliver_one(session, client, max_attempts=5, backoff=timedelta(0))
+    with webhooks.DeliveryClient(LOCAL["guard"]) as client:
+        assert client.private is not None
+        client.private.event_hooks = {"response": [die]}
+        with pytest.raises(Died), transaction(sessions) as session:
+            webhooks.deliver_one(session, client, max_attempts=5, backoff=timedelta(0))
     deliver_all(sessions)
     ids = [r["headers"]["webhook-id"] for r in receiver.received]
     assert len(ids) == 2 and ids[0] == ids[1]  # at least once, de-duplicable by id
 
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data",
-                                 "http://[fe80::1]/x", "ftp://example.com/x", "not a url"])
+                                 "http://[fe80::1]/x", "ftp://example.com/x", "not a url",
+                                 "http://127.0.0.1:99999/x"])
 def test_ssrf_refused(url: str, session: Session) -> None:
     with pytest.raises(BadRequest):
-        webhooks.create(session, "acme", url, ["ping"], created_by="t")
+        webhooks.create(session, "acme", url, ["ping"], created_by="t", **LOCAL)
 
 
-def test_allow_private_and_unknown_events(session: Session) -> None:
-    hook = webhooks.create(session, "acme", "http://169.254.169.254/x", ["ping"],
-                           created_by="t", allow_private=True)
-    assert hook.secret.startswith("whsec_")
+def test_allow_private_needs_the_instance_and_unknown_events(session: Session) -> None:
+    with pytest.raises(PermissionDenied, match="LORAREG_WEBHOOK_ALLOW_PRIVATE"):
+        webhooks.create(session, "acme", "http://127.0.0.1/x", ["ping"], created_by="t",
+                        allow_private=True)
+    with pytest.raises(BadRequest, match="private"):  # the instance allows; the hook did not ask
+        webhooks.create(session, "acme", "http://127.0.0.1/x", ["ping"], created_by="t",
+                        guard=Guard(allow_private=True))
+    hook = webhooks.create(session, "acme", "http://127.0.0.1/x", ["ping"], created_by="t",
+                           **LOCAL)
+    assert hook.secret.startswith("whsec_") and hook.allow_private
     with pytest.raises(BadRequest, match="unknown"):
-        webhooks.create(session, "acme", "http://127.0.0.1/x", ["nope"], created_by="t")
+        webhooks.create(session, "acme", "http://127.0.0.1/x", ["nope"], created_by="t",
+                        **LOCAL)

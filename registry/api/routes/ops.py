@@ -12,6 +12,7 @@ from sqlalchemy import select
 from registry.api import problems
 from registry.api import schemas as s
 from registry.api.deps import CtxDep
+from registry.egress import Guard
 from registry.models import Webhook, WebhookDelivery
 from registry.refs import check_namespace
 from registry.services import adapters, audit, gc, webhooks
@@ -23,6 +24,7 @@ class WebhookIn(s.In):
     url: str = Field(max_length=2048)
     events: list[str] = Field(min_length=1, max_length=len(webhooks.EVENT_TYPES))
     secret: str | None = Field(None, max_length=128)
+    # Honoured only while the instance allows private targets (403 otherwise).
     allow_private: bool = False
 
 
@@ -80,12 +82,15 @@ class KeepLastIn(s.In):
 
 @router.post("/namespaces/{ns}/webhooks", response_model=WebhookOut, status_code=201)
 def add_webhook(ns: str, body: WebhookIn, ctx: CtxDep) -> WebhookOut:
-    """Subscribe a URL; the response holds the signing secret (shown once)."""
+    """Subscribe a URL; the response holds the signing secret (shown once). Private
+    targets need ``allow_private`` and the instance setting LORAREG_WEBHOOK_ALLOW_PRIVATE."""
     check_namespace(ns)
     ctx.require("admin", ns)
+    guard = Guard(allow_private=ctx.state.settings.webhook_allow_private)
     with ctx.tx() as session:
         hook = webhooks.create(session, ns, body.url, body.events, created_by=ctx.actor.name,
-                               allow_private=body.allow_private, secret=body.secret)
+                               guard=guard, allow_private=body.allow_private,
+                               secret=body.secret)
         audit.record(session, ctx.actor, "webhook.created", "webhook", str(hook.id),
                      namespace=ns, payload={"url": body.url, "events": body.events})
         return WebhookOut.of(hook, with_secret=True)
