@@ -78,8 +78,8 @@ class Settings(BaseSettings):
         "embedded mode, namespace in production"
     )
     webhook_allow_private: bool = Field(
-        False, description="instance-wide: let webhooks target private, loopback and "
-        "link-local addresses (cloud metadata stays refused)"
+        False, description="instance-wide: let webhooks subscribed with allow_private target "
+        "private and loopback addresses (link-local and cloud metadata stay refused)"
     )
     max_safetensors_header: int = Field(
         16 * 1024 * 1024, description="largest safetensors JSON header accepted, bytes"
