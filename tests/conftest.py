@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.server",
     "tests.fixtures.api",
+    "tests.fixtures.vllm",
 ]
 
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
