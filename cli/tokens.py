@@ -15,8 +15,9 @@ import click
 from cli import output
 from cli.app import App, json_option, pass_app
 from registry.errors import RegistryError
+from registry.roles import ROLES as ROLE_TABLE
 
-ROLES = ["reader", "writer", "promoter", "admin"]
+ROLES = list(ROLE_TABLE)
 
 
 @click.group()
@@ -56,7 +57,7 @@ def _role(role: str | None, admin: bool) -> str:
     if admin:
         return "admin"
     if role is None:
-        raise click.UsageError("give --role (reader, writer, promoter, admin) or --admin")
+        raise click.UsageError(f"give --role ({', '.join(ROLES)}) or --admin")
     return role
 
 

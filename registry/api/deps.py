@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated
 
 import anyio.to_thread
@@ -17,10 +18,12 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry.api.uploads import UploadGate
 from registry.blobs import BlobStore
 from registry.config import Settings
 from registry.db import transaction
 from registry.errors import PermissionDenied, Unauthenticated
+from registry.models import utcnow
 from registry.observability import Metrics, request_id_var
 from registry.services import tokens
 from registry.services.context import Actor
@@ -40,8 +43,9 @@ class TokenCache:
     it if it is no longer valid), instead of letting every concurrent request re-check it at
     the moment it expires."""
 
-    def __init__(self, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl, self._clock = ttl, clock
+    def __init__(self, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], datetime] = utcnow) -> None:
+        self.ttl, self._clock, self._wall = ttl, clock, wall
         self._entries: dict[str, tuple[Principal, float]] = {}
         self._checking: set[str] = set()
         self._guard = threading.Lock()
@@ -49,11 +53,18 @@ class TokenCache:
 
     def get(self, token: str, recheck: Callable[[str], Principal] | None = None
             ) -> Principal | None:
-        """The cached principal while younger than ``ttl``; past ``ttl / 2`` also start a
-        background ``recheck(token)`` (one per token at a time)."""
+        """The cached principal while younger than ``ttl`` and not expired; past ``ttl / 2``
+        also start a background ``recheck(token)`` (one per token at a time).
+
+        Expiry is checked against the wall clock on every use: an expired token is dropped
+        (None: the caller checks it against the database, which refuses it) the moment it
+        expires, not when its cache entry does."""
         key = _token_key(token)
         hit = self._entries.get(key)
         if hit is None:
+            return None
+        if hit[0].expired(self._wall()):
+            self._entries.pop(key, None)
             return None
         age = self._clock() - hit[1]
         if age >= self.ttl:
@@ -119,10 +130,12 @@ class State:
     resolve: ResolveCache = field(init=False)
     metrics: Metrics = field(init=False)
     tokens: TokenCache = field(default_factory=TokenCache)
+    uploads: UploadGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.resolve = ResolveCache(self.sessions)
         self.metrics = Metrics(self.sessions)
+        self.uploads = UploadGate(self.settings.max_concurrent_uploads_per_token)
 
     def authenticate(self, token: str) -> Principal:
         """The token's principal, from the database (blocking: call it in a thread)."""
@@ -141,6 +154,14 @@ class Ctx:
     @property
     def store(self) -> BlobStore:
         return self.state.store
+
+    @property
+    def blob_view(self) -> str | None:
+        """Whose blobs this caller sees and may reuse (registry.services.blobs): all (None),
+        or only its namespace's when dedup is per namespace and the token is scoped."""
+        if self.state.settings.effective_blob_dedup == "global":
+            return None
+        return self.principal.namespace
 
     @property
     def actor(self) -> Actor:

@@ -2,9 +2,12 @@
 
 A base is registered with its tensor manifest (name, dtype, shape, sha256 per tensor) and the
 fingerprint over it. The server recomputes the fingerprint from the manifest, so a record can
-never carry a digest that does not describe its own manifest. Registering the same weights for
-the same hub id and revision again returns the existing base. When a base is registered,
-versions pushed earlier against its ``hub_id@revision`` (``unverified``) are checked at once.
+never carry a digest that does not describe its own manifest. A registered base is immutable:
+registering the same weights for the same hub id and revision again returns the existing base,
+other weights under the same ``hub_id@revision`` are a conflict naming both fingerprints (never
+an overwrite, so no registration can change what another namespace's versions were checked
+against). When a base is registered, versions pushed earlier against its ``hub_id@revision``
+(``unverified``) are checked at once.
 """
 
 from __future__ import annotations
@@ -13,16 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from registry.blobs import BlobStore
 from registry.compat import check_against_base, ensure_compatible_shapes
-from registry.errors import BadRequest, InvalidAdapter, NotFound
+from registry.errors import BadRequest, Conflict, InvalidAdapter, NotFound
 from registry.fingerprint import TensorEntry, fingerprint_digest, pack_manifest, unpack_manifest
 from registry.lora_layout import AdapterLayout
 from registry.manifest import FileEntry, normalize_files
 from registry.models import AdapterVersion, BaseModel
 from registry.refs import check_base
+from registry.safetensors_io import FORMAT_LIMITS
 from registry.services import audit
 from registry.services import blobs as blob_service
 from registry.services.context import Actor
@@ -41,14 +46,9 @@ class BaseRegistration:
 
 
 def find_base(session: Session, hub_id: str, revision: str) -> BaseModel | None:
-    """The registered base for ``hub_id@revision`` (the newest registration if several)."""
-    stmt = (
-        select(BaseModel)
-        .where(BaseModel.hub_id == hub_id, BaseModel.revision == revision)
-        .order_by(BaseModel.id.desc())
-        .limit(1)
-    )
-    return session.scalar(stmt)
+    """The registered base for ``hub_id@revision`` (unique), or None."""
+    return session.scalar(select(BaseModel).where(BaseModel.hub_id == hub_id,
+                                                  BaseModel.revision == revision))
 
 
 def get_base(session: Session, base_id: int) -> BaseModel:
@@ -77,16 +77,9 @@ def register_base(
         )
     files = normalize_files(reg.files) if reg.files else []
     blob_service.require_stored(session, files)
-    existing = session.scalar(select(BaseModel).where(
-        BaseModel.hub_id == reg.hub_id, BaseModel.revision == reg.revision,
-        BaseModel.fingerprint == reg.fingerprint,
-    ))
+    existing = find_base(session, reg.hub_id, reg.revision)
     if existing is not None:
-        if files and not existing.files:
-            existing.files = _file_rows(files)
-            audit.record(session, actor, "base.uploaded", "base",
-                         f"{reg.hub_id}@{reg.revision}", payload={"files": len(files)})
-        return existing, False
+        return _reregistered(session, actor, existing, reg, files), False
     base = BaseModel(
         hub_id=reg.hub_id, revision=reg.revision, fingerprint=reg.fingerprint,
         manifest=pack_manifest(reg.tensors), tensor_count=len(reg.tensors),
@@ -94,14 +87,37 @@ def register_base(
         files=_file_rows(files),
         created_by=actor.name,
     )
-    session.add(base)
-    session.flush()
+    try:
+        with session.begin_nested():  # a concurrent registration of the same hub_id@revision
+            session.add(base)
+    except IntegrityError:
+        raced = find_base(session, reg.hub_id, reg.revision)
+        if raced is None:
+            raise
+        return _reregistered(session, actor, raced, reg, files), False
     audit.record(session, actor, "base.registered", "base", f"{reg.hub_id}@{reg.revision}",
                  payload={"fingerprint": reg.fingerprint, "tensors": len(reg.tensors),
                           "uploaded": bool(files)})
     if store is not None:
         verify_pending(session, actor, base, store)
     return base, True
+
+
+def _reregistered(session: Session, actor: Actor, existing: BaseModel, reg: BaseRegistration,
+                  files: Sequence[FileEntry]) -> BaseModel:
+    """The same ``hub_id@revision`` again: the same weights (adding their files if none were
+    uploaded yet), or a conflict."""
+    if existing.fingerprint != reg.fingerprint:
+        raise Conflict(
+            f"base {reg.hub_id}@{reg.revision} is registered with fingerprint "
+            f"{existing.fingerprint}; registered bases are immutable, so other weights "
+            f"({reg.fingerprint}) need another revision",
+            registered_fingerprint=existing.fingerprint, offered_fingerprint=reg.fingerprint)
+    if files and not existing.files:
+        existing.files = _file_rows(files)
+        audit.record(session, actor, "base.uploaded", "base",
+                     f"{reg.hub_id}@{reg.revision}", payload={"files": len(files)})
+    return existing
 
 
 def _file_rows(files: Sequence[FileEntry]) -> list[dict[str, object]]:
@@ -132,7 +148,10 @@ def _verify_one(
 ) -> None:
     files = [FileEntry(f.path, f.digest, f.size) for f in version.files]
     try:
-        mismatches = check_against_base(inspect_adapter(store, files).layout, shapes)
+        # Accepted at push under the caps of that day: a cap lowered since must not turn
+        # a header-size refusal into an 'incompatible' verdict.
+        layout = inspect_adapter(store, files, FORMAT_LIMITS).layout
+        mismatches = check_against_base(layout, shapes)
     except InvalidAdapter as exc:
         mismatches = [exc.detail]
     version.compat_status = "incompatible" if mismatches else "verified"

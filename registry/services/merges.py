@@ -103,6 +103,7 @@ def record_artifact(
     )
     session.add(artifact)
     session.flush()
+    blob_service.hold(session, version.adapter.namespace_id, [f.digest for f in entries])
     audit.record(session, actor, "merge.succeeded", "version", _name(version),
                  namespace=version.adapter.namespace.name,
                  payload={"artifact_id": artifact.id, "base_fingerprint": base.fingerprint,

@@ -13,19 +13,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.errors import BadRequest, NotFound, Unauthenticated
+from registry.errors import BadRequest, NotFound, PermissionDenied, Unauthenticated
 from registry.models import ApiToken, utcnow
 from registry.refs import check_namespace
+from registry.roles import ROLES
 from registry.services import audit
 from registry.services.context import Actor
 
-# Permission sets. Roles are not a ladder: a promoter moves channels but cannot push.
-ROLES: dict[str, frozenset[str]] = {
-    "reader": frozenset({"read"}),
-    "writer": frozenset({"read", "write"}),
-    "promoter": frozenset({"read", "promote"}),
-    "admin": frozenset({"read", "write", "promote", "admin"}),
-}
 PREFIX = "lrg"
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
@@ -38,6 +32,10 @@ class Principal:
     role: str
     namespace: str | None
     token_id: str | None = None
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
     def can(self, permission: str, namespace: str | None = None) -> bool:
         if permission not in ROLES[self.role]:
@@ -56,9 +54,12 @@ def _hash(secret: str) -> str:
 
 def create_token(
     session: Session, actor: Actor, *, name: str, role: str, namespace: str | None = None,
-    expires_at: datetime | None = None,
+    expires_at: datetime | None = None, issuer: Principal | None = None,
 ) -> tuple[ApiToken, str]:
-    """Create a token; returns the row and the plaintext, which is never stored."""
+    """Create a token; returns the row and the plaintext, which is never stored.
+
+    ``issuer`` is the principal asking (None: an operator at the database); a token never
+    gets rights its issuer lacks, a wider scope, or a life beyond the issuer's expiry."""
     if role not in ROLES:
         raise BadRequest(f"role must be one of {', '.join(ROLES)}")
     if not name or len(name) > 128 or not name.isprintable():
@@ -67,6 +68,8 @@ def create_token(
         check_namespace(namespace)
     if expires_at is not None and expires_at <= utcnow():
         raise BadRequest("token expiry must be in the future")
+    if issuer is not None:
+        _check_issuer(issuer, role, namespace, expires_at)
     token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     row = ApiToken(id=token_id, name=name, secret_hash=_hash(secret), role=role,
                    namespace=namespace, created_by=actor.name, expires_at=expires_at)
@@ -75,6 +78,20 @@ def create_token(
     audit.record(session, actor, "token.created", "token", token_id, namespace=namespace,
                  payload={"name": name, "role": role, "expires_at": _iso(expires_at)})
     return row, f"{PREFIX}_{token_id}_{secret}"
+
+
+def _check_issuer(issuer: Principal, role: str, namespace: str | None,
+                  expires_at: datetime | None) -> None:
+    extra = ROLES[role] - ROLES[issuer.role]
+    if extra:
+        raise PermissionDenied(f"{issuer.name} may not grant {', '.join(sorted(extra))}")
+    if issuer.namespace is not None and namespace != issuer.namespace:
+        raise PermissionDenied(
+            f"{issuer.name} is scoped to {issuer.namespace!r} and may only mint tokens for it")
+    if issuer.expires_at is not None and (expires_at is None or expires_at > issuer.expires_at):
+        raise BadRequest(
+            f"a token minted by {issuer.name} must expire no later than it does "
+            f"({issuer.expires_at.isoformat()})", issuer_expires_at=issuer.expires_at.isoformat())
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -100,7 +117,7 @@ def authenticate(session: Session, plaintext: str) -> Principal:
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         row.last_used_at = now
     return Principal(name=f"token:{row.name}", role=row.role, namespace=row.namespace,
-                     token_id=row.id)
+                     token_id=row.id, expires_at=row.expires_at)
 
 
 def list_tokens(session: Session, *, namespace: str | None = None) -> Sequence[ApiToken]:

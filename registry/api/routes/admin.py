@@ -69,7 +69,8 @@ def create_token(body: s.TokenIn, ctx: CtxDep) -> s.TokenOut:
     expires = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
     with ctx.tx() as session:
         row, plaintext = tokens.create_token(session, ctx.actor, name=body.name, role=body.role,
-                                             namespace=body.namespace, expires_at=expires)
+                                             namespace=body.namespace, expires_at=expires,
+                                             issuer=ctx.principal)
         return s.TokenOut.of(row, plaintext)
 
 

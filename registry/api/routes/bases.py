@@ -42,8 +42,11 @@ class ManifestOut(PydanticModel):
 @router.post("", response_model=s.BaseOut, status_code=201,
              responses={200: {"model": s.BaseOut}, **problems.responses(503)})
 def register(body: BaseIn, ctx: CtxDep, response: Response) -> s.BaseOut:
-    """Register base weights by fingerprint; the same weights again return the same base."""
-    ctx.require("write", ctx.principal.namespace)
+    """Register base weights by fingerprint; the same weights again return the same base,
+    other weights under a registered ``hub_id@revision`` are a 409. Bases are shared by every
+    namespace: registering one needs ``register_base`` (curator or admin) on a token not
+    scoped to one namespace."""
+    ctx.require_global("register_base")
     reg = BaseRegistration(
         hub_id=body.hub_id, revision=body.revision, fingerprint=body.fingerprint,
         tensors=[_entry(row) for row in body.tensors],
