@@ -214,15 +214,16 @@ def _send(client: httpx.Client, hook: Webhook, event: WebhookEvent,
                "webhook-timestamp": str(timestamp),
                "webhook-signature": sign(hook.secret, msg_id, timestamp, body),
                "user-agent": "lorareg-webhooks"}
-    try:
-        response = client.post(hook.url, content=body, headers=headers)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        log.warning("webhook %s delivery %s to %s failed: %s: %s", hook.id, delivery_id,
-                    hook.url, type(exc).__name__, exc)
+    try:  # streamed and closed unread: a receiver's answer is its status, not its body
+        with client.stream("POST", hook.url, content=body, headers=headers) as response:
+            code = response.status_code
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # the URL may hold credentials: not logged
+        log.warning("webhook %s delivery %s failed: %s: %s", hook.id, delivery_id,
+                    type(exc).__name__, exc)
         return None, "delivery failed"
-    if 200 <= response.status_code < 300:
-        return response.status_code, None
-    return response.status_code, f"delivery failed: HTTP {response.status_code}"
+    if 200 <= code < 300:
+        return code, None
+    return code, f"delivery failed: HTTP {code}"
 
 
 def stats(session: Session) -> dict[str, int]:
