@@ -11,10 +11,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.errors import BadRequest
+
+MAX_PRESIGN_TTL = 7 * 24 * 3600
 
 
 class Settings(BaseSettings):
@@ -45,7 +47,11 @@ class Settings(BaseSettings):
     presign_downloads: bool = Field(
         False, description="hand out presigned S3 URLs instead of proxying blob bytes"
     )
-    presign_ttl_seconds: int = Field(300, description="lifetime of presigned URLs")
+    # S3 refuses to sign for longer than 7 days; zero or less would break every download.
+    presign_ttl_seconds: int = Field(
+        300, gt=0, le=MAX_PRESIGN_TTL,
+        description="lifetime of presigned URLs, seconds (1 to 604800, S3's 7 days)"
+    )
     auth: Literal["auto", "required", "off"] = Field(
         "auto", description="auto: off only in embedded mode on loopback"
     )
@@ -139,5 +145,18 @@ def _is_loopback(host: str) -> bool:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings, read once."""
-    return Settings()
+    """Process-wide settings, read once. An invalid value is a BadRequest naming each wrong
+    variable on one line (the CLI prints it and exits 4; no traceback)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise BadRequest(f"invalid settings: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """``LORAREG_X: why; LORAREG_Y: why``. Values are not repeated: some may be secrets."""
+    wrong = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        wrong.append(f"LORAREG_{field.upper()}: {error['msg']}")
+    return "; ".join(wrong)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Any
 
 from fastapi import FastAPI
@@ -27,7 +28,7 @@ from registry.api.routes import (
 from registry.blobs import BlobStore, open_blob_store
 from registry.config import Settings, get_settings
 from registry.db import make_engine, make_session_factory
-from registry.errors import PayloadTooLarge
+from registry.errors import PayloadTooLarge, RegistryError
 from registry.observability import RequestObserver, configure_logging
 
 log = logging.getLogger("lorareg.api")
@@ -138,9 +139,14 @@ def factory() -> Any:
     uvicorn does not tell the app its bind address, so this entry point assumes it is
     exposed and requires tokens; ``lorareg serve`` knows its address and may run without.
     """
-    settings = get_settings()
+    try:
+        settings = get_settings()
+        settings.check_production(EXPOSED)
+    except RegistryError as err:
+        # uvicorn would print a traceback of the factory; the operator needs one line.
+        print(f"error: {err.detail}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
     configure_logging(settings.log_format)
-    settings.check_production(EXPOSED)
     return create_app(settings, host=EXPOSED)
 
 
