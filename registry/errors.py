@@ -27,6 +27,7 @@ Hierarchy::
      |    +-- InvalidPath (422, invalid_path)
      |    +-- DigestMismatch (422, digest_mismatch)
      |    +-- IncompatibleBase (422, incompatible_base)
+     |    +-- IncompatiblePool (422, incompatible_pool)
      |    +-- ValidationFailed (422, validation_failed)
      +-- Unauthenticated (401, unauthenticated, exit 5)
      +-- PermissionDenied (403, permission_denied, exit 5)
@@ -105,6 +106,14 @@ class IncompatibleBase(BadRequest):
     status_code = 422
     code = "incompatible_base"
     title = "Incompatible base model"
+
+
+class IncompatiblePool(BadRequest):
+    """A version cannot enter a serving pool's desired set (``pools``: each pool's problems)."""
+
+    status_code = 422
+    code = "incompatible_pool"
+    title = "Incompatible with a serving pool"
 
 
 class ValidationFailed(BadRequest):

@@ -513,3 +513,98 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     delivered_at: Mapped[opt_timestamp]
     created_at: Mapped[timestamp]
+
+
+class VersionTensors(Base):
+    """The safetensors header of a version's weights (name, dtype, shape per tensor), kept so
+    that serving checks (dtype, memory, target modules) need no blob read. Recorded at push;
+    versions pushed before it existed get it when a pool first looks at them."""
+
+    __tablename__ = "version_tensors"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True)
+    # zlib-compressed canonical JSON of [name, dtype, shape] per tensor.
+    tensors: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[timestamp]
+
+
+class ServingPool(Base):
+    """A group of inference engines started alike (one base, one engine configuration) that
+    serves the versions its bound channels point at. See registry.services.pools."""
+
+    __tablename__ = "serving_pools"
+    __table_args__ = (UniqueConstraint("namespace_id", "name"),)
+
+    id: Mapped[intpk]
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="RESTRICT"))
+    name: Mapped[str] = mapped_column(String(64))
+    engine: Mapped[str] = mapped_column(String(16))
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id", ondelete="RESTRICT"))
+    # What the engine was started with (`vllm serve MODEL_ID`): adapters must name it.
+    model_id: Mapped[str] = mapped_column(String(512))
+    served_model_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    architecture: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    max_lora_rank: Mapped[int] = mapped_column(Integer)
+    max_loras: Mapped[int] = mapped_column(Integer)
+    max_cpu_loras: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    # The engine's --lora-target-modules restriction; None: every module it supports.
+    target_modules: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    max_adapter_memory: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # How long a version that left the desired set stays loadable (export keeps its folder).
+    drain_seconds: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+
+    namespace: Mapped[Namespace] = relationship(lazy="joined")
+    base: Mapped[BaseModel] = relationship(lazy="joined")
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace.name}/{self.name}"
+
+
+class PoolBinding(Base):
+    """A channel a pool serves: every version the channel serves is in the pool's desired set."""
+
+    __tablename__ = "pool_bindings"
+
+    pool_id: Mapped[int] = mapped_column(
+        ForeignKey("serving_pools.id", ondelete="CASCADE"), primary_key=True)
+    channel_id: Mapped[int] = mapped_column(
+        ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True, index=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[timestamp]
+
+
+class PoolPin(Base):
+    """A version a pool keeps in its desired set whatever its channels serve."""
+
+    __tablename__ = "pool_pins"
+
+    pool_id: Mapped[int] = mapped_column(
+        ForeignKey("serving_pools.id", ondelete="CASCADE"), primary_key=True)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="RESTRICT"), primary_key=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[timestamp]
+
+
+class PoolMember(Base):
+    """One stay of a version in a pool's desired set: open (``removed_at`` None) while some
+    bound channel serves it or a pin holds it. Closed rows say when a version left, which
+    the export's drain period counts from; a version that comes back gets a new row."""
+
+    __tablename__ = "pool_members"
+    __table_args__ = (Index("ix_pool_members_pool", "pool_id", "removed_at"),)
+
+    id: Mapped[intpk]
+    pool_id: Mapped[int] = mapped_column(ForeignKey("serving_pools.id", ondelete="CASCADE"))
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="RESTRICT"), index=True)
+    added_at: Mapped[timestamp]
+    removed_at: Mapped[opt_timestamp]
+
+    version: Mapped[AdapterVersion] = relationship(lazy="joined")

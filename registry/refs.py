@@ -62,6 +62,16 @@ def check_channel(channel: str) -> str:
     return channel
 
 
+def parse_pool_name(text: str) -> tuple[str, str]:
+    """``"acme/gpu-a"`` -> ``("acme", "gpu-a")``: a serving pool; its name follows the
+    namespace rules."""
+    ns, sep, name = text.partition("/")
+    if not sep or not NAMESPACE_RE.match(ns) or not NAMESPACE_RE.match(name):
+        raise BadRequest(f"pool {text!r} must look like namespace/name (lowercase letters, "
+                         "digits, '.', '_', '-')")
+    return ns, name
+
+
 def parse_ref(text: str) -> Ref:
     """Parse ``ns/name@7``, ``ns/name@latest``, ``ns/name`` (= latest) or ``ns/name:chan``."""
     if "@" in text:

@@ -19,7 +19,7 @@ from registry.db import insert_ignore
 from registry.errors import Conflict, IncompatibleBase, InvalidAdapter, NotFound, PermissionDenied
 from registry.models import Adapter, AdapterVersion, Channel, ChannelEvent, utcnow
 from registry.refs import check_channel
-from registry.services import adapters, audit, metrics, profiles
+from registry.services import adapters, audit, desired_sets, metrics, profiles
 from registry.services.context import Actor
 from registry.services.pagination import Page, paginate_by_id
 
@@ -91,8 +91,9 @@ def configure(session: Session, adapter_name: str, name: str, change: Change, *,
 
 
 def check_promotable(session: Session, channel: Channel, version: AdapterVersion,
-                     new_base: bool = False) -> None:
-    """Every precondition of putting ``version`` on ``channel``, each a clear refusal."""
+                     new_base: bool = False, as_canary: bool = False) -> None:
+    """Every precondition of putting ``version`` on ``channel`` (as its stable version, or
+    ``as_canary`` next to it), each a clear refusal; the pools serving the channel included."""
     name = f"{version.adapter.full_name}@{version.number}"
     if version.adapter_id != channel.adapter_id:
         raise Conflict(f"{name} belongs to another adapter than channel {_name(channel)}")
@@ -113,6 +114,7 @@ def check_promotable(session: Session, channel: Channel, version: AdapterVersion
         raise InvalidAdapter(
             f"{name} cannot be served by profile {channel.profile!r}: " + "; ".join(found),
             problems=found)
+    desired_sets.check_entry(session, channel, version, as_canary=as_canary)
 
 
 def promote_now(session: Session, channel: Channel, version: AdapterVersion, change: Change,
@@ -160,6 +162,7 @@ def record(session: Session, channel: Channel, change: Change, action: str, *,
                  payload={"revision": channel.revision, "from": from_stable, "to": to_stable,
                           "canary": event.canary, "weight_bp": event.canary_weight_bp,
                           "reason": change.reason, **(extra or {})})
+    desired_sets.channel_changed(session, change.actor, channel)  # pools serving the channel
     return event
 
 

@@ -1,25 +1,27 @@
 """Serving target profiles: what a channel's serving stack can load.
 
 * ``any``: no restriction beyond the registry's own checks.
-* ``vllm``: vLLM's LoRA loader: rank at most ``max_rank`` (vLLM's ``--max-lora-rank``), no DoRA,
-  no ``lora_bias``, ``bias: none``, and ``modules_to_save`` only for ``lm_head``/``embed_tokens``
-  (vLLM serves those through its extra-vocab path and refuses other replacement modules).
+* ``vllm``: ``vllm serve`` with its own defaults (``--max-lora-rank 16``), checked by the rules
+  of :mod:`registry.services.serving_compat` (DoRA, ``lora_bias``, ``bias``, ``modules_to_save``,
+  inits, ranks, and, where the version's tensor header is recorded, dtypes and embedding
+  targets). A shortcut: a serving pool (``lorareg pool``) knows the engine's real settings,
+  base and architecture, and checks more.
 * ``merged``: the version is served as a merged model: a merged artifact must exist.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from registry.errors import BadRequest
 from registry.models import AdapterVersion
-from registry.services import merges
+from registry.services import merges, serving_compat, version_tensors
 
 PROFILES = ("any", "vllm", "merged")
-VLLM_MAX_RANK = 64
-VLLM_MODULES_TO_SAVE = frozenset({"lm_head", "embed_tokens"})
+VLLM_MAX_RANK = serving_compat.VLLM_PROFILE.max_lora_rank  # vLLM's --max-lora-rank default
 
 
 def check_profile(name: str) -> str:
@@ -33,7 +35,11 @@ def problems(session: Session, version: AdapterVersion, profile: str,
     """Why ``version`` cannot be served by ``profile`` (empty: it can)."""
     check_profile(profile)
     if profile == "vllm":
-        return vllm_problems(version.peft_config, max_rank)
+        engine = replace(serving_compat.VLLM_PROFILE, max_lora_rank=max_rank)
+        tensors = version_tensors.stored(session, [version.id]).get(version.id)
+        return serving_compat.version_problems(engine, serving_compat.Candidate(
+            f"{version.adapter.full_name}@{version.number}", version.peft_config, None,
+            version.compat_status == "verified", tensors))
     if profile == "merged":
         try:
             merges.latest_artifact(session, version)
@@ -43,19 +49,6 @@ def problems(session: Session, version: AdapterVersion, profile: str,
 
 
 def vllm_problems(config: dict[str, Any], max_rank: int) -> list[str]:
-    found: list[str] = []
-    ranks = [int(config.get("r") or 0), *[int(v) for v in (config.get("rank_pattern") or {})
-                                          .values()]]
-    if max(ranks) > max_rank:
-        found.append(f"rank {max(ranks)} exceeds vLLM's max LoRA rank {max_rank}")
-    if config.get("use_dora"):
-        found.append("DoRA adapters (use_dora) are not supported by vLLM")
-    if config.get("lora_bias"):
-        found.append("lora_bias is not supported by vLLM")
-    if (config.get("bias") or "none") != "none":
-        found.append(f"bias={config.get('bias')!r} is not supported by vLLM (needs 'none')")
-    extra = set(config.get("modules_to_save") or []) - VLLM_MODULES_TO_SAVE
-    if extra:
-        found.append(f"modules_to_save {sorted(extra)} are not supported by vLLM "
-                     f"(only {sorted(VLLM_MODULES_TO_SAVE)})")
-    return found
+    """What ``vllm serve`` with ``--max-lora-rank max_rank`` refuses, from the config alone."""
+    engine = replace(serving_compat.VLLM_PROFILE, max_lora_rank=max_rank)
+    return serving_compat.config_problems(engine, config)

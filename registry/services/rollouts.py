@@ -73,7 +73,7 @@ def start(session: Session, channel: Channel, version: AdapterVersion, change: C
                        "canary with: promote one directly first (--now)")
     if channel.stable.id == version.id:
         raise Conflict(f"{version.adapter.full_name}@{version.number} is already stable")
-    channels.check_promotable(session, channel, version, new_base)
+    channels.check_promotable(session, channel, version, new_base, as_canary=True)
     now = db_now(session)
     rollout = Rollout(
         channel_id=channel.id, version_id=version.id, baseline_version_id=channel.stable.id,

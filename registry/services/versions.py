@@ -23,7 +23,7 @@ from registry.models import (
     utcnow,
 )
 from registry.refs import Ref, check_base, parse_adapter_name
-from registry.services import adapters, audit, bases
+from registry.services import adapters, audit, bases, version_tensors
 from registry.services import blobs as blob_service
 from registry.services.context import Actor
 from registry.services.inspect import inspect_adapter
@@ -118,6 +118,7 @@ def push_version(
     session.add(version)
     session.flush()
     add_metrics(session, version, metric_rows, actor)
+    version_tensors.record(session, version, inspection.header)  # serving checks need it
     audit.record(
         session, actor, "version.pushed", "version", f"{req.adapter}@{number}",
         namespace=adapter.namespace.name,
