@@ -193,6 +193,12 @@ class Ctx:
             f"{self.principal.name} (role {self.principal.role}) may not {permission}{where}"
         )
 
+    def require_upload(self) -> None:
+        """Refuse unless the caller may upload blobs: it may push somewhere (``write``) or
+        register bases (their weights are blobs too)."""
+        if not self.principal.can("register_base"):
+            self.require("write", self.principal.namespace)
+
     def require_global(self, permission: str) -> None:
         """Refuse unless the caller holds ``permission`` for every namespace."""
         if self.principal.namespace is not None:

@@ -30,9 +30,12 @@ def _counted(ctx: CtxDep, chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 @router.post("/missing", response_model=s.MissingOut)
 def missing(body: s.DigestsIn, ctx: CtxDep) -> s.MissingOut:
-    ctx.require("read")
+    """Which of these digests the caller must upload: any token that may push somewhere (or
+    register bases) may ask; a namespace-scoped one learns only about its namespace's blobs when dedup is per
+    namespace (``LORAREG_BLOB_DEDUP``)."""
+    ctx.require_upload()
     with ctx.tx() as session:
-        return s.MissingOut(missing=blobs.missing(session, body.digests))
+        return s.MissingOut(missing=blobs.missing(session, body.digests, ctx.blob_view))
 
 
 def _declared_length(request: Request, limit: int) -> int:
@@ -51,18 +54,16 @@ def _declared_length(request: Request, limit: int) -> int:
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def upload(digest: str, request: Request, ctx: CtxDep, response: Response) -> s.BlobOut:
     """Stream the body into the store; it becomes visible only if it hashes to ``digest``."""
-    ctx.require("write", ctx.principal.namespace)
+    ctx.require_upload()
     check_digest(digest)
     size = _declared_length(request, ctx.state.settings.max_blob_size)
     with ctx.tx() as session:
-        if not blobs.missing(session, [digest]):
+        if not blobs.missing(session, [digest], ctx.blob_view):
             response.status_code = 200
             return s.BlobOut(digest=digest, size=blobs.get(session, digest).size)
-    reader = AsyncBodyReader(request.stream())
-    info: BlobInfo = await anyio.to_thread.run_sync(
-        lambda: ctx.store.put(reader, digest=digest, size=size))
+    info = await _receive(ctx, request, digest, size)
     with ctx.tx() as session:
-        blobs.record(session, info)
+        blobs.record(session, info, ctx.blob_view, ctx.actor)
     ctx.state.metrics.bytes.labels("in").inc(info.size)
     return s.BlobOut(digest=info.digest, size=info.size)
 
@@ -73,7 +74,7 @@ def download(digest: str, request: Request, ctx: CtxDep) -> Response:
     """Stream a blob; ``Range`` gives 206; presigned redirect when the store supports it."""
     ctx.require("read", ctx.principal.namespace)
     with ctx.tx() as session:
-        size = blobs.get(session, check_digest(digest)).size
+        size = blobs.readable(session, check_digest(digest), ctx.blob_view).size
     settings = ctx.state.settings
     if settings.presign_downloads:
         url = ctx.store.presign_get(digest, settings.presign_ttl_seconds)
