@@ -12,7 +12,9 @@
   the token reveals nothing about the API token. Without a token (embedded mode, no sign-in)
   the session secret is a random nonce kept in the ``lorareg_csrf`` cookie (same flags).
 * Every POST must also come from our own origin: its ``Origin`` (or, failing that,
-  ``Referer``) must name the host the request was sent to.
+  ``Referer``) must name the scheme, host and port the request was sent to. The scheme is the
+  request's own (behind a proxy that terminates TLS, uvicorn's ``--proxy-headers`` takes it
+  from ``X-Forwarded-Proto``), so a page on ``http://host`` cannot post to ``https://host``.
 """
 
 from __future__ import annotations
@@ -70,13 +72,28 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(32)
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> tuple[str, str, int | None] | None:
+    """``(scheme, host, port)`` of a URL, the port made explicit; None if it is unreadable."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        port = parts.port or DEFAULT_PORTS.get(scheme)
+    except ValueError:  # a port that is not a number, or a broken IPv6 address
+        return None
+    return (scheme, parts.hostname, port) if parts.hostname else None
+
+
 def check_origin(request: Request) -> None:
-    """Refuse a POST that does not come from a page of this server."""
+    """Refuse a POST that does not come from a page of this server (same scheme, host and
+    port as the request itself)."""
     source = request.headers.get("origin") or request.headers.get("referer")
     if not source or source == "null":
         raise PermissionDenied("refused: the request names no Origin (cross-site request?)")
-    host = request.headers.get("host", "")
-    if urlsplit(source).netloc.lower() != host.lower():
+    own = origin_of(f"{request.url.scheme}://{request.headers.get('host', '')}")
+    if own is None or origin_of(source) != own:
         raise PermissionDenied("refused: the request comes from another origin")
 
 
