@@ -6,13 +6,17 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from tqdm import tqdm
 
 from registry.client import Client
 from registry.errors import BadRequest
+from registry.safetensors_io import HeaderLimits
+
+if TYPE_CHECKING:  # imported lazily at run time, by the commands that read a setting
+    from registry.config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,12 +76,22 @@ class App:
 
     def fingerprint_cache_path(self) -> Path | None:
         """LORAREG_FINGERPRINT_CACHE, read through the one Settings object."""
+        return self.settings().fingerprint_cache
+
+    def safetensors_limits(self) -> HeaderLimits:
+        """LORAREG_MAX_SAFETENSORS_HEADER/_TENSORS: push refuses locally what a server with the
+        same settings would refuse."""
+        return self.settings().safetensors_limits
+
+    def settings(self) -> Settings:
+        """The one Settings object (read only by the commands that need a setting, so a bad
+        variable does not break the others)."""
         from pydantic import ValidationError
 
         from registry.config import get_settings
 
         try:
-            return get_settings().fingerprint_cache
+            return get_settings()
         except ValidationError as exc:
             raise BadRequest(f"invalid LORAREG_* setting: {exc}") from None
 

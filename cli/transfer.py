@@ -55,8 +55,10 @@ def push(
         "git_commit": git_commit, "git_repo": git_repo, "ci_run_url": ci_run_url,
         "ci_job": ci_job, "source": "lorareg-cli",
     }.items() if v}
+    client = app.client()
+    client.safetensors_limits = app.safetensors_limits()
     with app.progress_bar("upload") as bar:
-        result = app.client().push(
+        result = client.push(
             folder, adapter, base, metrics=metrics, labels=labels, provenance=provenance,
             description=description, progress=bar, idempotency_key=idempotency_key,
         )

@@ -46,6 +46,7 @@ from registry.http_transport import URLLib3Transport
 from registry.manifest import FileEntry, manifest_digest
 from registry.refs import parse_adapter_name, parse_base_ref
 from registry.retry import MAX_RETRY_AFTER, RETRY_STATUSES, RetryPolicy, parse_retry_after
+from registry.safetensors_io import ADAPTER_LIMITS, HeaderLimits, read_header
 from registry.transfer import (
     CHUNK,
     LocalFile,
@@ -99,6 +100,18 @@ def body_chunks(response: httpx.Response) -> Iterator[bytes]:
     return response.iter_bytes()
 
 
+#: The weights file the server parses at push (registry.services.inspect.WEIGHTS_FILE).
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_weights_header(folder: Path, limits: HeaderLimits) -> None:
+    """Refuse, before hashing or uploading anything, a weights header the server would refuse
+    (InvalidSafetensors, from the same parser and caps)."""
+    weights = folder / ADAPTER_WEIGHTS
+    if weights.is_file():  # a folder without it is refused by the server, with its message
+        read_header(weights, limits)
+
+
 # ------------------------------------------------------------------------------- client
 
 
@@ -114,9 +127,12 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin):
         retries: int = 4,
         transport: httpx.BaseTransport | None = None,
         fingerprint_cache_path: Path | None = None,
+        safetensors_limits: HeaderLimits = ADAPTER_LIMITS,
     ) -> None:
         self.url = url.rstrip("/")
         self.fingerprint_cache_path = fingerprint_cache_path
+        # Set it to the server's LORAREG_MAX_SAFETENSORS_* if they differ from the defaults.
+        self.safetensors_limits = safetensors_limits
         headers = {"User-Agent": f"lorareg-client/{__version__}"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -381,6 +397,7 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin):
         """
         hub_id, revision = parse_base_ref(base)
         parse_adapter_name(adapter)
+        check_weights_header(Path(path), self.safetensors_limits)
         files = scan_folder(Path(path))
         report = Reporter(progress)
         uploaded = self._upload_missing(files, report)

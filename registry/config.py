@@ -15,6 +15,12 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.errors import BadRequest
+from registry.safetensors_io import (
+    DEFAULT_MAX_HEADER,
+    DEFAULT_MAX_TENSORS,
+    MAX_HEADER_LEN,
+    HeaderLimits,
+)
 
 MAX_PRESIGN_TTL = 7 * 24 * 3600
 
@@ -88,10 +94,14 @@ class Settings(BaseSettings):
         "private and loopback addresses (link-local and cloud metadata stay refused)"
     )
     max_safetensors_header: int = Field(
-        16 * 1024 * 1024, description="largest safetensors JSON header accepted, bytes"
+        DEFAULT_MAX_HEADER, ge=8, le=MAX_HEADER_LEN,
+        description="largest adapter safetensors JSON header accepted at push, bytes (a "
+        "Llama-70B all-linear LoRA needs 150 KiB)"
     )
     max_safetensors_tensors: int = Field(
-        100_000, description="most tensors one safetensors file may declare"
+        DEFAULT_MAX_TENSORS, ge=1,
+        description="most tensors an adapter's safetensors file may declare (Llama-70B "
+        "all-linear LoRA: 1,120)"
     )
     upload_read_timeout_seconds: float = Field(
         30.0, description="an upload that sends nothing for this long is cut off (408)"
@@ -99,6 +109,11 @@ class Settings(BaseSettings):
     max_concurrent_uploads_per_token: int = Field(
         8, description="blob uploads one token may have in flight at once (429 beyond)"
     )
+
+    @property
+    def safetensors_limits(self) -> HeaderLimits:
+        """The caps on an adapter's safetensors header (push, server and client side)."""
+        return HeaderLimits(self.max_safetensors_header, self.max_safetensors_tensors)
 
     @property
     def effective_database_url(self) -> str:

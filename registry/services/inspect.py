@@ -13,7 +13,7 @@ from registry.blobs import BlobStore
 from registry.errors import InvalidAdapter
 from registry.lora_layout import AdapterLayout, analyze_adapter, parse_lora_config
 from registry.manifest import FileEntry
-from registry.safetensors_io import Header, parse_header
+from registry.safetensors_io import ADAPTER_LIMITS, Header, HeaderLimits, parse_header
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -48,8 +48,13 @@ class _RangeReader:
         return data
 
 
-def inspect_adapter(store: BlobStore, files: list[FileEntry]) -> Inspection:
-    """Check that ``files`` form a PEFT LoRA adapter; raise InvalidAdapter otherwise."""
+def inspect_adapter(
+    store: BlobStore, files: list[FileEntry], limits: HeaderLimits = ADAPTER_LIMITS
+) -> Inspection:
+    """Check that ``files`` form a PEFT LoRA adapter; raise InvalidAdapter otherwise.
+
+    ``limits`` caps the safetensors header (Settings.safetensors_limits at push).
+    """
     by_path = {f.path: f for f in files}
     if CONFIG_FILE not in by_path:
         raise InvalidAdapter(f"{CONFIG_FILE} is missing from the adapter files")
@@ -59,7 +64,7 @@ def inspect_adapter(store: BlobStore, files: list[FileEntry]) -> Inspection:
         raise InvalidAdapter(f"{WEIGHTS_FILE} is missing from the adapter files{hint}")
     config = read_config(store, by_path[CONFIG_FILE])
     info = parse_lora_config(config)
-    header = read_safetensors_header(store, by_path[WEIGHTS_FILE])
+    header = read_safetensors_header(store, by_path[WEIGHTS_FILE], limits)
     shapes = {n: (t.dtype, t.shape) for n, t in header.tensors.items()}
     layout = analyze_adapter(info, shapes)
     return Inspection(config=config, header=header, layout=layout)
@@ -78,6 +83,8 @@ def read_config(store: BlobStore, entry: FileEntry) -> dict[str, Any]:
     return config
 
 
-def read_safetensors_header(store: BlobStore, entry: FileEntry) -> Header:
+def read_safetensors_header(
+    store: BlobStore, entry: FileEntry, limits: HeaderLimits = ADAPTER_LIMITS
+) -> Header:
     reader = _RangeReader(store, entry)
-    return parse_header(reader.read, entry.size, entry.path)
+    return parse_header(reader.read, entry.size, entry.path, limits)

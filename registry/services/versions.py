@@ -23,6 +23,7 @@ from registry.models import (
     utcnow,
 )
 from registry.refs import Ref, check_base, parse_adapter_name
+from registry.safetensors_io import ADAPTER_LIMITS, HeaderLimits
 from registry.services import adapters, audit, bases, version_tensors
 from registry.services import blobs as blob_service
 from registry.services.context import Actor
@@ -48,6 +49,8 @@ class PushRequest:
     provenance: dict[str, str] = field(default_factory=dict)
     description: str | None = None
     idempotency_key: str | None = None
+    # Caps on the adapter's safetensors header (Settings.safetensors_limits).
+    header_limits: HeaderLimits = ADAPTER_LIMITS
 
 
 @dataclass
@@ -84,7 +87,7 @@ def push_version(
     provenance = check_provenance(req.provenance)
     metric_rows = [check_metric(m) for m in req.metrics]
     blob_service.require_stored(session, files)
-    inspection = inspect_adapter(store, files)
+    inspection = inspect_adapter(store, files, req.header_limits)
     digest = manifest_digest(files)
     base, compat = bases.check_adapter_fits(
         session, req.base_hub_id, req.base_revision, inspection.layout

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import json
 import struct
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import safetensors
-from safetensors.numpy import save_file
+from pydantic import ValidationError
+from safetensors.numpy import save, save_file
 
+from registry.config import Settings
 from registry.errors import InvalidSafetensors
 from registry.safetensors_io import (
+    ADAPTER_LIMITS,
+    DEFAULT_MAX_HEADER,
+    DEFAULT_MAX_TENSORS,
     DTYPE_BITS,
     DTYPE_SIZES,
+    FORMAT_LIMITS,
     MAX_HEADER_LEN,
     Header,
+    HeaderLimits,
     parse_header,
     read_header,
     tensor_bytes,
@@ -212,3 +220,174 @@ def test_hostile_tensor_names_are_shortened_in_errors() -> None:
     with pytest.raises(InvalidSafetensors) as caught:
         parse(raw_file({name: {"dtype": "F128", "shape": [], "data_offsets": [0, 0]}}))
     assert len(caught.value.detail) < 300
+
+
+# --- header limits --------------------------------------------------------------------------
+
+LLAMA_LINEAR = {  # module -> (in, out) as multiples of (hidden, kv width, intermediate)
+    "self_attn.q_proj": ("h", "h"), "self_attn.k_proj": ("h", "kv"),
+    "self_attn.v_proj": ("h", "kv"), "self_attn.o_proj": ("h", "h"),
+    "mlp.gate_proj": ("h", "i"), "mlp.up_proj": ("h", "i"), "mlp.down_proj": ("i", "h"),
+}
+
+
+def peft_llama_shapes(layers: int, hidden: int, inter: int, kv_heads: int, head_dim: int,
+                      r: int) -> dict[str, list[int]]:
+    """Tensor shapes of a PEFT LoRA on every linear layer of a Llama (all-linear targets)."""
+    dims = {"h": hidden, "kv": kv_heads * head_dim, "i": inter}
+    shapes: dict[str, list[int]] = {}
+    for i in range(layers):
+        for module, (fan_in, fan_out) in LLAMA_LINEAR.items():
+            key = f"base_model.model.model.layers.{i}.{module}"
+            shapes[f"{key}.lora_A.weight"] = [r, dims[fan_in]]
+            shapes[f"{key}.lora_B.weight"] = [dims[fan_out], r]
+    return shapes
+
+
+def written_header(shapes: dict[str, list[int]], dtype: str = "BF16") -> bytes:
+    """The header safetensors writes for these tensors, without allocating them: compact JSON,
+    metadata first, tensors sorted by name (one dtype), padded with spaces to 8 bytes."""
+    body: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name in sorted(shapes):
+        size = tensor_nbytes(dtype, shapes[name])
+        body[name] = {"dtype": dtype, "shape": shapes[name],
+                      "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(body, separators=(",", ":")).encode()
+    return text + b" " * (-len(text) % 8)
+
+
+def test_the_header_builder_writes_what_safetensors_writes() -> None:
+    shapes = peft_llama_shapes(layers=3, hidden=64, inter=160, kv_heads=2, head_dim=8, r=4)
+    real = save({k: np.zeros(v, np.float16) for k, v in shapes.items()},
+                metadata={"format": "pt"})
+    length = int.from_bytes(real[:8], "little")
+    assert written_header(shapes, "F16") == real[8 : 8 + length]
+
+
+def test_default_caps_hold_a_70b_all_linear_lora_with_headroom() -> None:
+    # Llama-3-70B: 80 layers, hidden 8192, intermediate 28672, 8 KV heads of 128; r=64.
+    shapes = peft_llama_shapes(80, 8192, 28672, 8, 128, r=64)
+    header = written_header(shapes)
+    print(f"Llama-70B all-linear r=64 LoRA: {len(shapes)} tensors, {len(header)}-byte header")
+    assert (len(shapes), len(header)) == (1120, 153_680)
+    assert 4 * len(header) <= DEFAULT_MAX_HEADER <= 8 * len(header)
+    assert 4 * len(shapes) <= DEFAULT_MAX_TENSORS <= 8 * len(shapes)
+    # Llama-3.1-405B: 126 layers, hidden 16384, intermediate 53248: still 4x under both caps.
+    big = peft_llama_shapes(126, 16384, 53248, 8, 128, r=64)
+    assert 4 * len(written_header(big)) <= DEFAULT_MAX_HEADER
+    assert 4 * len(big) <= DEFAULT_MAX_TENSORS
+    data = struct.pack("<Q", len(header)) + header
+    file_size = len(data) + sum(tensor_nbytes("BF16", s) for s in shapes.values())
+    parsed = parse_header(GuardedReader(data).read, file_size, NAME)  # reads the header only
+    assert len(parsed.tensors) == 1120 and parsed.metadata == {"format": "pt"}
+
+
+def test_a_header_over_the_cap_is_refused_from_its_length_prefix() -> None:
+    text = json.dumps(f32("a", 0, 4)).encode().ljust(100)
+    data = raw_file(None, b"\0" * 4, raw=text)  # a valid 100-byte header
+    limits = HeaderLimits(max_header=99, max_tensors=10)
+    reader = GuardedReader(data)
+    with pytest.raises(InvalidSafetensors, match=r"header length 100 exceeds the 99-byte limit "
+                       r"\(LORAREG_MAX_SAFETENSORS_HEADER\)"):
+        parse_header(reader.read, len(data), NAME, limits)
+    assert reader.pos == 8  # not one byte of the header itself was read
+    assert parse_header(GuardedReader(data).read, len(data), NAME,
+                        HeaderLimits(100, 10)).tensors["a"].nbytes == 4
+
+
+def test_format_limits_keep_only_the_reference_cap() -> None:
+    with pytest.raises(InvalidSafetensors, match=r"exceeds the 100000000-byte limit \(the "
+                       "format's maximum\\)"):
+        parse_header(GuardedReader(struct.pack("<Q", MAX_HEADER_LEN + 1)).read, 2**40, NAME,
+                     FORMAT_LIMITS)
+    with pytest.raises(InvalidSafetensors, match="exceeds the 100000000-byte"):
+        data = struct.pack("<Q", MAX_HEADER_LEN + 1)  # limits above the format's are clamped
+        parse_header(GuardedReader(data).read, 2**40, NAME, HeaderLimits(2 * MAX_HEADER_LEN))
+
+
+def tiny_tensors(count: int, metadata: bool = False) -> bytes:
+    header: dict[str, Any] = {f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]}
+                              for i in range(count)}
+    if metadata:
+        header["__metadata__"] = {"format": "pt"}
+    return raw_file(header, b"\0" * count)
+
+
+@pytest.mark.parametrize("metadata", [False, True])
+def test_the_tensor_count_is_capped(metadata: bool) -> None:
+    limits = HeaderLimits(max_header=MAX_HEADER_LEN, max_tensors=5)
+    ok = tiny_tensors(5, metadata)
+    assert len(parse_header(GuardedReader(ok).read, len(ok), NAME, limits).tensors) == 5
+    for count in (6, 7, 500):
+        data = tiny_tensors(count, metadata)
+        with pytest.raises(InvalidSafetensors, match=r"more than 5 tensors, the limit "
+                           r"\(LORAREG_MAX_SAFETENSORS_TENSORS\)"):
+            parse_header(GuardedReader(data).read, len(data), NAME, limits)
+
+
+def test_non_object_entries_count_as_tensors() -> None:
+    data = raw_file({f"t{i}": i for i in range(6)})  # no objects for the decoder hook to count
+    with pytest.raises(InvalidSafetensors, match="more than 5 tensors"):
+        parse_header(GuardedReader(data).read, len(data), NAME, HeaderLimits(1000, 5))
+
+
+def bomb(size: int, count: int | None = None, name_len: int = 1) -> bytes:
+    """A ``size``-byte header of 1-byte tensors (``count`` of them, or as many as fit), one
+    byte of data short, so that only the last check refuses it."""
+    parts, used = [], 2
+    for i in range(count if count is not None else size):
+        entry = (f'"{str(i).rjust(name_len, "x")}":{{"dtype":"U8","shape":[1],'
+                 f'"data_offsets":[{i},{i + 1}]}}')
+        if used + len(entry) + 1 > size:
+            break
+        parts.append(entry)
+        used += len(entry) + 1
+    assert count is None or len(parts) == count
+    text = ("{" + ",".join(parts) + "}").encode().ljust(size)
+    return raw_file(None, b"\0" * (len(parts) - 1), raw=text)
+
+
+def traced_peak(data: bytes, limits: HeaderLimits, problem: str) -> int:
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidSafetensors, match=problem):
+            parse_header(GuardedReader(data).read, len(data), NAME, limits)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize(("count", "name_len", "problem"), [
+    (None, 1, "more than 8192 tensors"),  # ~16,600 tiny tensors: the decoder stops at 8,194
+    (DEFAULT_MAX_TENSORS, 70, "run past the end"),  # all 8,192 built and checked, then refused
+])
+def test_a_header_at_the_default_caps_parses_in_bounded_memory(
+    count: int | None, name_len: int, problem: str
+) -> None:
+    peak = traced_peak(bomb(DEFAULT_MAX_HEADER, count, name_len), ADAPTER_LIMITS, problem)
+    # Measured: 6.7 and 7.4 MiB for this 1 MiB header.
+    assert peak < 16 * MiB, f"{peak / MiB:.1f} MiB"
+
+
+def test_the_decoder_stops_at_the_tensor_cap() -> None:
+    # 8 MiB of tiny tensors (128,000 of them) under an 8 MiB header cap: the decoder gives up
+    # after 8,194 objects. Measured: 21 MiB; building them all (no tensor cap) takes 98 MiB.
+    data = bomb(8 * MiB)
+    peak = traced_peak(data, HeaderLimits(8 * MiB, DEFAULT_MAX_TENSORS), "more than 8192")
+    assert peak < 32 * MiB, f"{peak / MiB:.1f} MiB"
+
+
+def test_settings_thread_the_caps_and_refuse_nonsense() -> None:
+    assert Settings().safetensors_limits == ADAPTER_LIMITS
+    custom = Settings(max_safetensors_header=8 << 20, max_safetensors_tensors=65536)
+    assert custom.safetensors_limits == HeaderLimits(8 << 20, 65536)
+    bad: list[dict[str, Any]] = [{"max_safetensors_header": MAX_HEADER_LEN + 1},
+                                 {"max_safetensors_header": 0}, {"max_safetensors_tensors": 0}]
+    for values in bad:
+        with pytest.raises(ValidationError):
+            Settings(**values)
