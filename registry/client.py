@@ -42,6 +42,7 @@ from registry.client_channels import ChannelsMixin
 from registry.client_core import Params, adapter_path, label_params, query, version_path
 from registry.client_jobs import JobsMixin
 from registry.client_ops import OpsMixin
+from registry.client_pools import PoolsMixin
 from registry.http_transport import URLLib3Transport
 from registry.manifest import FileEntry, manifest_digest
 from registry.refs import parse_adapter_name, parse_base_ref
@@ -115,7 +116,7 @@ def check_weights_header(folder: Path, limits: HeaderLimits) -> None:
 # ------------------------------------------------------------------------------- client
 
 
-class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin):
+class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin, PoolsMixin):
     """A lorareg server, reached over HTTP. Safe to reuse; not safe to share across threads."""
 
     def __init__(

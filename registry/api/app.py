@@ -23,6 +23,7 @@ from registry.api.routes import (
     channels,
     jobs,
     ops,
+    pools,
     resolve,
 )
 from registry.blobs import BlobStore, open_blob_store
@@ -122,7 +123,7 @@ def create_app(
     app.state.lorareg = state
     problems.install(app)
     # resolve first: it is the hot path, and routes are matched in order.
-    for module in (resolve, admin, adapters, bases, blobs, channels, jobs, ops):
+    for module in (resolve, admin, adapters, bases, blobs, channels, jobs, ops, pools):
         app.include_router(module.router)
     ui.install(app)  # /ui pages and /ui/static (registry/ui/__init__.py)
     app.add_middleware(UICompression)

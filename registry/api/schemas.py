@@ -479,6 +479,8 @@ class ResolveOut(BaseModel):
     version: int
     canary: bool
     manifest_digest: str
+    served_name: str = Field(description="the name to send the engine: one per content, never "
+                                         "reused (registry.served_names)")
     files: list[ResolvedFile]
 
 

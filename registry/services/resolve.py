@@ -28,6 +28,7 @@ from registry.db import transaction
 from registry.errors import NotFound
 from registry.models import Adapter, AdapterVersion, Channel, Namespace
 from registry.refs import check_channel, parse_adapter_name
+from registry.served_names import served_name
 
 log = logging.getLogger("lorareg.resolve")
 
@@ -38,6 +39,13 @@ class Target:
     version: int
     manifest_digest: str
     files: tuple[tuple[str, str, int], ...]  # (path, sha256, size)
+
+    @property
+    def served_name(self) -> str:
+        """The name a router sends the engine for this content (registry.served_names)."""
+        adapter = self.ref.rpartition("@")[0]
+        namespace, _, name = adapter.partition("/")
+        return served_name(namespace, name, self.version, self.manifest_digest)
 
 
 @dataclass(frozen=True)

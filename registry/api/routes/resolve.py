@@ -109,7 +109,8 @@ def answer(state: State, base_url: str, snap: Snapshot, target: Target, canary: 
              for p, d, n in target.files]
     return s.ResolveOut(adapter=snap.adapter, channel=snap.channel, ref=target.ref,
                         version=target.version, canary=canary,
-                        manifest_digest=target.manifest_digest, files=files)
+                        manifest_digest=target.manifest_digest, served_name=target.served_name,
+                        files=files)
 
 
 def not_modified(state: State, if_none_match: str | None, snap: Snapshot) -> bool:
