@@ -328,13 +328,17 @@ def test_client_reads_the_revision_it_compares_and_swaps(server: LiveServer, cli
             b.promote(f"acme/cas@{v2}", "canary-2", now=True, expect_revision=0)
 
 
-def test_reader_token_cannot_feed_live_gates(server: LiveServer, cli: Cli) -> None:
+def test_reader_token_reports_live_only_for_its_namespace(server: LiveServer, cli: Cli) -> None:
+    """Routers resolve with reader tokens, and report with them (README: roles)."""
     v1 = cli.push("acme/readonly", "1")
     with Client(server.url, server.admin_token) as admin:
-        token = admin.create_token("reader-live", "reader", namespace="acme")["token"]
-    with Client(server.url, token) as reader, pytest.raises(PermissionDenied):
-        reader.report_live([{"adapter": "acme/readonly", "version": v1, "requests": 10,
-                             "errors": 10}])
+        own = admin.create_token("reader-live", "reader", namespace="acme")["token"]
+        other = admin.create_token("reader-other", "reader", namespace="globex")["token"]
+    sample = {"adapter": "acme/readonly", "version": v1, "requests": 10, "errors": 1}
+    with Client(server.url, own) as reader:
+        assert reader.report_live([sample]) == 1
+    with Client(server.url, other) as outsider, pytest.raises(PermissionDenied):
+        outsider.report_live([{**sample, "errors": 10}])
 
 
 # ------------------------------------------------------------------------ serving checks
