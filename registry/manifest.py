@@ -1,10 +1,22 @@
-"""File manifests of adapter versions: safe relative paths and the deterministic digest."""
+"""File manifests of adapter versions: safe relative paths, portable file sets, and the
+deterministic digest.
+
+Two levels of path checks:
+
+* :func:`normalize_path` -- safe: relative, inside the folder, no control characters. Every
+  path the registry stores or writes passes it (push, pull, merge artifacts, bases).
+* :func:`check_portable` -- portable: a version's file set can be materialized as written on
+  Linux, macOS and Windows file systems alike. Both ``lorareg push`` (before hashing or
+  uploading anything) and the server (before writing anything) run it; pulls do not, so a
+  version an older release accepted stays pullable wherever its names happen to fit.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -70,3 +82,96 @@ def manifest_digest(files: Iterable[FileEntry]) -> str:
     rows = sorted([f.path, f.digest, f.size] for f in files)
     canonical = json.dumps(rows, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- portability ----------------------------------------------------------------------------
+
+# NAME_MAX of Linux and macOS (bytes), NTFS (UTF-16 units, never more than UTF-8 bytes).
+MAX_COMPONENT_BYTES = 255
+# Relative to the adapter folder; macOS's PATH_MAX (1024 bytes, absolute) keeps the rest for
+# the destination folder. (Windows needs long paths enabled past 260 characters, whatever we do.)
+MAX_PATH_BYTES = 512
+# Characters Windows refuses in names ('/' separates components; NUL and controls go below).
+WINDOWS_FORBIDDEN = frozenset('<>:"|?*\\')
+# Device names Windows reserves, with any extension: "nul.txt" opens the null device.
+WINDOWS_DEVICES = frozenset({
+    "CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+    *(f"{stem}{n}" for stem in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"),
+})
+# Controls (C0, DEL, C1 incl. U+0085 NEL), invisible format characters (zero-width, bidi
+# overrides and isolates, U+FEFF), lone surrogates, and the line/paragraph separators.
+_REFUSED_CATEGORIES = {
+    "Cc": "a control character", "Cf": "an invisible formatting character",
+    "Cs": "a lone surrogate, not valid Unicode", "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
+
+
+def check_portable(paths: Iterable[str]) -> None:
+    """Raise InvalidPath unless every one of ``paths`` (as :func:`normalize_path` returns them)
+    can be created as written on Linux, macOS and Windows, and no two of them clash there.
+
+    A name must be NFC, hold no control, invisible or Windows-forbidden character, end in no
+    dot or space, not be a Windows device name; a component is at most 255 bytes of UTF-8 and
+    the path at most 512. No two paths (or folders) may differ only by case or normalization,
+    and no file may also be the folder of another.
+    """
+    seen: dict[str, tuple[str, bool, str]] = {}  # folded prefix -> (prefix, is folder, path)
+    for path in paths:
+        _check_portable_path(path)
+        parts = path.split("/")
+        for i in range(1, len(parts) + 1):
+            prefix, is_dir = "/".join(parts[:i]), i < len(parts)
+            other, other_is_dir, other_path = seen.setdefault(_fold(prefix),
+                                                              (prefix, is_dir, path))
+            if other != prefix:
+                raise InvalidPath(_case_clash(other, other_path, prefix, path))
+            if other_is_dir != is_dir:
+                raise InvalidPath(f"{prefix!r} is both a file and the folder of another file "
+                                  f"({other_path!r} and {path!r})")
+
+
+def _case_clash(one: str, one_path: str, two: str, two_path: str) -> str:
+    if (one, two) == (one_path, two_path):
+        return f"file paths {one!r} and {two!r} differ only by case (one file on macOS and Windows)"
+    return (f"{one!r} and {two!r} (in file paths {one_path!r} and {two_path!r}) differ only "
+            "by case (one name on macOS and Windows)")
+
+
+def _fold(path: str) -> str:
+    """The name macOS and Windows see: case-insensitive (casefold is the broader rule)."""
+    return unicodedata.normalize("NFC", path.casefold())
+
+
+def _check_portable_path(path: str) -> None:
+    reason = _unportable(path)
+    if reason is not None:
+        raise InvalidPath(f"file path {path!r} {reason}")
+
+
+def _unportable(path: str) -> str | None:
+    """Why ``path`` is not portable, or None."""
+    for char in path:
+        what = _REFUSED_CATEGORIES.get(unicodedata.category(char))
+        if what is not None:
+            return f"contains U+{ord(char):04X} ({what})"
+        if char in WINDOWS_FORBIDDEN:
+            return f"contains {char!r}, which Windows does not allow in file names"
+    if not unicodedata.is_normalized("NFC", path):
+        return ("is not in Unicode NFC form (macOS would see it as the same name as its NFC "
+                "form); rename it to its composed form")
+    if len(path.encode()) > MAX_PATH_BYTES:
+        return f"is longer than {MAX_PATH_BYTES} bytes of UTF-8"
+    return next(filter(None, map(_unportable_component, path.split("/"))), None)
+
+
+def _unportable_component(part: str) -> str | None:
+    size = len(part.encode())
+    if size > MAX_COMPONENT_BYTES:
+        return (f"has a name of {size} bytes (at most {MAX_COMPONENT_BYTES} bytes of UTF-8 per "
+                "file or folder name)")
+    if part.endswith((".", " ")):
+        return f"has a name ending in a dot or space ({part!r}), which Windows drops"
+    if part.split(".")[0].rstrip(" ").upper() in WINDOWS_DEVICES:
+        return f"has the name {part!r}, which Windows reserves for a device"
+    return None

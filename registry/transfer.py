@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
 from registry import errors
-from registry.manifest import normalize_path
+from registry.manifest import check_portable, normalize_path
 
 CHUNK = 1024 * 1024
 SKIP_DIRS = frozenset({"__pycache__"})
@@ -120,11 +120,16 @@ def iter_folder(folder: Path) -> Iterator[tuple[str, Path]]:
 
 
 def scan_folder(folder: Path, report: Callable[[int], object] | None = None) -> list[LocalFile]:
-    """Hash every file of a folder (see :func:`iter_folder`); ``report`` hears hashed bytes."""
+    """Hash every file of a folder (see :func:`iter_folder`); ``report`` hears hashed bytes.
+
+    The names are checked first, as the server will (:func:`registry.manifest.check_portable`):
+    a folder that could not be pulled on some system is refused before anything is hashed.
+    """
     if not folder.is_dir():
         raise errors.BadRequest(f"{folder} is not a folder")
-    files = [LocalFile(rel, f, sha256_file(f, report), f.stat().st_size)
-             for rel, f in iter_folder(folder)]
+    found = list(iter_folder(folder))
+    check_portable(rel for rel, _ in found)
+    files = [LocalFile(rel, f, sha256_file(f, report), f.stat().st_size) for rel, f in found]
     if not files:
         raise errors.BadRequest(f"{folder} contains no files to push")
     return files

@@ -21,6 +21,7 @@ from registry.models import (
     Rollout,
 )
 from registry.models import BaseModel as BaseModelRow
+from registry.services.versions import StoredConfig
 
 
 class In(BaseModel):
@@ -151,7 +152,10 @@ class VersionOut(BaseModel):
     yank_reason: str | None
     base: BaseRefOut
     files: list[FileOut]
-    peft_config: dict[str, Any]
+    # None (with peft_config_error saying why) when the stored config cannot be served: a row
+    # an older release stored unchecked degrades this one field, not the listing it is in.
+    peft_config: dict[str, Any] | None
+    peft_config_error: str | None = None
     metrics: dict[str, float]
     labels: dict[str, str]
     provenance: dict[str, str]
@@ -161,8 +165,8 @@ class VersionOut(BaseModel):
     created: bool | None = None
 
     @classmethod
-    def of(cls, v: AdapterVersion, metrics: dict[str, float], created: bool | None = None
-           ) -> VersionOut:
+    def of(cls, v: AdapterVersion, metrics: dict[str, float], config: StoredConfig,
+           created: bool | None = None) -> VersionOut:
         name = v.adapter.full_name
         return cls(
             ref=f"{name}@{v.number}", adapter=name, version=v.number,
@@ -173,7 +177,7 @@ class VersionOut(BaseModel):
                 compat_status=v.compat_status,
             ),
             files=[FileOut(path=f.path, digest=f.digest, size=f.size) for f in v.files],
-            peft_config=v.peft_config, metrics=metrics,
+            peft_config=config.value, peft_config_error=config.error, metrics=metrics,
             labels={lab.key: lab.value for lab in v.labels}, provenance=v.provenance,
             pushed_by=v.pushed_by, created_at=v.created_at, total_size=v.total_size,
             created=created,

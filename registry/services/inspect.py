@@ -5,10 +5,10 @@ Only the config and the safetensors *header* are read (a few KiB): tensors are n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from registry import stored_json
 from registry.blobs import BlobStore
 from registry.errors import InvalidAdapter
 from registry.lora_layout import AdapterLayout, analyze_adapter, parse_lora_config
@@ -75,9 +75,10 @@ def read_config(store: BlobStore, entry: FileEntry) -> dict[str, Any]:
         raise InvalidAdapter(f"{entry.path} is larger than {MAX_CONFIG_BYTES} bytes")
     raw = b"".join(store.open(entry.digest))
     try:
-        config = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidAdapter(f"{entry.path} is not valid UTF-8 JSON: {exc}") from exc
+        # Bounded and round-trippable: what is stored here is served in every version listing.
+        config = stored_json.loads(raw)
+    except stored_json.UnsafeJSON as exc:
+        raise InvalidAdapter(f"{entry.path} {exc}") from None
     if not isinstance(config, dict):
         raise InvalidAdapter(f"{entry.path} must hold a JSON object")
     return config

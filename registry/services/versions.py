@@ -7,12 +7,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, exists, func, select
-from sqlalchemy.orm import Session, aliased, contains_eager, joinedload
+from sqlalchemy import Select, Text, cast, exists, func, select
+from sqlalchemy.orm import Session, aliased, contains_eager, defer, joinedload
 
+from registry import stored_json
 from registry.blobs import BlobStore
 from registry.errors import BadRequest, Conflict, NotFound
-from registry.manifest import FileEntry, manifest_digest, normalize_files
+from registry.manifest import FileEntry, check_portable, manifest_digest, normalize_files
 from registry.models import (
     Adapter,
     AdapterVersion,
@@ -83,6 +84,7 @@ def push_version(
     parse_adapter_name(req.adapter)
     check_base(req.base_hub_id, req.base_revision)
     files = normalize_files(req.files)
+    check_portable(f.path for f in files)
     labels = adapters.check_labels(req.labels)
     provenance = check_provenance(req.provenance)
     metric_rows = [check_metric(m) for m in req.metrics]
@@ -152,6 +154,40 @@ def _by_idempotency_key(session: Session, adapter_id: int, req: PushRequest, dig
     return version
 
 
+# Reads of versions leave the stored config to :func:`stored_configs`: the database driver's own
+# JSON parser fails on a row an older release stored unchecked (too deep, huge integers), and
+# that would fail the whole listing it is part of.
+_DEFER_CONFIG = defer(AdapterVersion.peft_config)
+
+
+@dataclass(frozen=True)
+class StoredConfig:
+    """A version's stored ``adapter_config.json`` as it can be served: ``value``, or None and
+    ``error`` saying why the stored document cannot be (a row no release should have kept)."""
+
+    value: dict[str, Any] | None
+    error: str | None = None
+
+
+def stored_configs(session: Session, version_ids: Sequence[int]) -> dict[int, StoredConfig]:
+    """The configs of ``version_ids``, each read as text and checked like a pushed one."""
+    if not version_ids:
+        return {}
+    rows = session.execute(select(AdapterVersion.id, cast(AdapterVersion.peft_config, Text))
+                           .where(AdapterVersion.id.in_(version_ids)))
+    return {version_id: _stored_config(text) for version_id, text in rows}
+
+
+def _stored_config(text: str | None) -> StoredConfig:
+    try:
+        value = stored_json.loads(text or "")
+    except stored_json.UnsafeJSON as exc:
+        return StoredConfig(None, f"the stored adapter_config.json {exc}")
+    if not isinstance(value, dict):
+        return StoredConfig(None, "the stored adapter_config.json is not a JSON object")
+    return StoredConfig(value)
+
+
 def get_version(session: Session, ref: Ref) -> AdapterVersion:
     """Resolve ``ns/name@N`` or ``ns/name@latest`` (latest active version)."""
     if ref.channel is not None:
@@ -165,7 +201,8 @@ def get_version(session: Session, ref: Ref) -> AdapterVersion:
         .where(Namespace.name == namespace, Adapter.name == name)
         .options(contains_eager(AdapterVersion.adapter).contains_eager(Adapter.namespace),
                  contains_eager(AdapterVersion.adapter).lazyload(Adapter.labels),
-                 joinedload(AdapterVersion.files), joinedload(AdapterVersion.labels))
+                 joinedload(AdapterVersion.files), joinedload(AdapterVersion.labels),
+                 _DEFER_CONFIG)
     )
     if ref.version is not None:
         version = session.scalars(stmt.where(AdapterVersion.number == ref.version)).unique().first()
@@ -236,7 +273,7 @@ class VersionQuery:
 def _filtered(session: Session, q: VersionQuery) -> Select[Any]:
     stmt = select(AdapterVersion).join(Adapter, AdapterVersion.adapter_id == Adapter.id).join(
         Namespace, Adapter.namespace_id == Namespace.id
-    )
+    ).options(_DEFER_CONFIG)
     if q.adapter:
         stmt = stmt.where(AdapterVersion.adapter_id == adapters.get_adapter(session, q.adapter).id)
     if q.namespace:
@@ -310,7 +347,7 @@ def _locked(session: Session, ref: Ref) -> AdapterVersion:
     if ref.version is None:
         raise BadRequest(f"{ref}: name an explicit version number")
     version = get_version(session, ref)
-    stmt = (select(AdapterVersion).where(AdapterVersion.id == version.id)
+    stmt = (select(AdapterVersion).where(AdapterVersion.id == version.id).options(_DEFER_CONFIG)
             .with_for_update(of=AdapterVersion).execution_options(populate_existing=True))
     return session.scalars(stmt).one()
 

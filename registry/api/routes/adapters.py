@@ -35,12 +35,14 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 def version_out(session: Session, v: AdapterVersion, created: bool | None = None) -> s.VersionOut:
     latest = metrics.latest(session, [v.id])[v.id]
-    return s.VersionOut.of(v, latest, created)
+    config = versions.stored_configs(session, [v.id])[v.id]
+    return s.VersionOut.of(v, latest, config, created)
 
 
 def versions_page(session: Session, page: Page[AdapterVersion]) -> s.Page:
-    latest = metrics.latest(session, [v.id for v in page.items])
-    items = [s.VersionOut.of(v, latest[v.id]) for v in page.items]
+    ids = [v.id for v in page.items]
+    latest, configs = metrics.latest(session, ids), versions.stored_configs(session, ids)
+    items = [s.VersionOut.of(v, latest[v.id], configs[v.id]) for v in page.items]
     return s.Page(items=items, next_cursor=page.next_cursor)
 
 
