@@ -16,7 +16,7 @@ from cli import output
 from cli.app import App, json_option, pass_app
 from cli.channel_params import DURATION, STEPS, echo_problems, seconds, version_of, weight
 from registry.client_channels import channel_ref
-from registry.errors import InvalidAdapter
+from registry.errors import IncompatiblePool, InvalidAdapter
 
 PROFILES = ("any", "vllm", "merged")
 
@@ -137,14 +137,21 @@ def _canary(event: dict[str, Any]) -> str:
 @click.command()
 @click.argument("ref", metavar="REF")
 @click.option("--profile", type=click.Choice(PROFILES), default="vllm", show_default=True,
-              help="Serving profile to check against.")
+              help="Serving profile to check against (vLLM's own defaults for vllm).")
+@click.option("--pool", default=None, metavar="NS/POOL",
+              help="Check against a serving pool instead: its base, engine settings and "
+                   "desired set (the checks of a promotion onto a channel it serves).")
 @json_option
 @pass_app
-def check(app: App, ref: str, profile: str) -> None:
-    """Could a serving profile load version REF (ns/name@N, @latest or ns/name:channel)?
+def check(app: App, ref: str, profile: str, pool: str | None) -> None:
+    """Could a serving profile (or --pool) load version REF (ns/name@N, @latest or
+    ns/name:channel)?
 
     Exit 0 when it can; exit 4 with the problems listed when it cannot. Nothing changes.
     """
+    if pool is not None:
+        _check_pool(app, ref, pool)
+        return
     result = app.client().check(ref, profile)
     if not result["ok"]:
         if not app.json:  # with --json the problem document below carries the list
@@ -159,19 +166,34 @@ def check(app: App, ref: str, profile: str) -> None:
         app.say(f"{result['ref']} can be served by profile {profile}")
 
 
+def _check_pool(app: App, ref: str, pool: str) -> None:
+    result = app.client().check_pool(ref, pool)
+    if not result["ok"]:
+        if not app.json:
+            echo_problems(result["problems"])
+        raise IncompatiblePool(
+            f"{result['ref']} cannot be served by pool {pool}: " + "; ".join(result["problems"]),
+            ref=result["ref"], pool=pool, ok=False, problems=result["problems"])
+    if app.json:
+        output.emit_json(result)
+    else:
+        app.say(f"{result['ref']} can be served by pool {pool} as {result['served_name']}")
+
+
 @click.command()
 @click.argument("ref", metavar="NS/NAME:CHANNEL")
 @click.option("--key", default="", help="Request key (sticky: one key, one version).")
 @json_option
 @pass_app
 def resolve(app: App, ref: str, key: str) -> None:
-    """Which version serves request KEY on channel REF, and where its files are."""
+    """Which version serves request KEY on channel REF, the name to send the engine for it
+    (``served_name``: one per content, never reused), and where its files are."""
     result = app.client().resolve(ref, key)
     if app.json:
         output.emit_json(result)
         return
     app.say(f"{result['ref']}{' (canary)' if result['canary'] else ''}  "
-            f"manifest {result['manifest_digest'][:12]}")
+            f"manifest {result['manifest_digest'][:12]}  served as {result['served_name']}")
     output.table(["PATH", "SIZE", "SHA256", "URL"],
                  [[f["path"], output.size(f["size"]), f["digest"][:12], f["url"]]
                   for f in result["files"]])

@@ -41,6 +41,7 @@ from cli import (
     metrics,
     ops,
     pipeline,
+    pools,
     rollouts,
     server,
     tokens,
@@ -152,6 +153,6 @@ for command in (
     tokens.token, audit.audit,
     server.serve, server.db, server.worker,
     *channels.COMMANDS, *rollouts.COMMANDS, export.export,
-    ops.webhook, ops.gc, ops.retention, *pipeline.COMMANDS,
+    ops.webhook, ops.gc, ops.retention, *pipeline.COMMANDS, *pools.COMMANDS,
 ):
     main.add_command(command)

@@ -16,6 +16,7 @@ from registry import errors
 from registry.client_channels import ChannelsMixin
 from registry.client_core import Core
 from registry.refs import parse_pool_name, parse_ref
+from registry.vllm_architectures import DEFAULT_MAX_LORA_RANK
 
 POOLS = "/api/v1/pools"
 
@@ -42,9 +43,9 @@ class PoolsMixin:
     def create_pool(
         self: Core, name: str, *, base: str, model_id: str, dtype: str, engine: str = "vllm",
         served_model_name: str | None = None, architecture: str | None = None,
-        max_lora_rank: int = 16, max_loras: int = 1, max_cpu_loras: int | None = None,
-        target_modules: Sequence[str] | None = None, max_adapter_memory: int | None = None,
-        drain_seconds: int = 600,
+        max_lora_rank: int = DEFAULT_MAX_LORA_RANK, max_loras: int = 1,
+        max_cpu_loras: int | None = None, target_modules: Sequence[str] | None = None,
+        max_adapter_memory: int | None = None, drain_seconds: int = 600,
     ) -> dict[str, Any]:
         """Create pool ``ns/name`` with its engines' settings (``vllm serve`` flags); needs
         admin in the namespace. Conflict (409) if it exists."""

@@ -21,6 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 VLLM_VERSION = "0.32.0"
+# --max-lora-rank: its choices and default (vllm/config/lora.py)
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+DEFAULT_MAX_LORA_RANK = 16
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from registry.api.schemas import In
 from registry.models import AdapterVersion, Channel, ServingPool
 from registry.services import desired_sets, pools
+from registry.vllm_architectures import DEFAULT_MAX_LORA_RANK
 
 ModuleName = Field(max_length=128)
 Clearable = Literal["served_model_name", "architecture", "target_modules", "max_adapter_memory"]
@@ -27,7 +28,7 @@ class PoolIn(In):
     architecture: str | None = Field(None, max_length=128,
                                      description="the model's architecture, e.g. "
                                                  "LlamaForCausalLM")
-    max_lora_rank: int = Field(16, ge=1, le=512)
+    max_lora_rank: int = Field(DEFAULT_MAX_LORA_RANK, ge=1, le=512)
     max_loras: int = Field(1, ge=1, le=4096)
     max_cpu_loras: int | None = Field(None, ge=1, le=65536)
     dtype: str = Field(max_length=16, description="bfloat16, float16 or float32")

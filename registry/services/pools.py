@@ -40,6 +40,7 @@ from registry.services import adapters, audit, bases, channels, serving_compat, 
 from registry.services import desired_sets as sets
 from registry.services import versions as version_service
 from registry.services.context import Actor
+from registry.vllm_architectures import DEFAULT_MAX_LORA_RANK
 
 MAX_DRAIN_SECONDS = 30 * 86400
 CLEARABLE = ("served_model_name", "architecture", "target_modules", "max_adapter_memory")
@@ -56,7 +57,7 @@ class PoolSettings:
     engine: str = "vllm"
     served_model_name: str | None = None
     architecture: str | None = None
-    max_lora_rank: int = 16
+    max_lora_rank: int = DEFAULT_MAX_LORA_RANK
     max_loras: int = 1
     max_cpu_loras: int | None = None
     target_modules: list[str] | None = None

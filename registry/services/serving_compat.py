@@ -48,10 +48,15 @@ from registry.lora_layout import (
     parse_lora_config,
 )
 from registry.units import human_size
-from registry.vllm_architectures import ARCHITECTURES, VLLM_VERSION, Architecture
+from registry.vllm_architectures import (
+    ARCHITECTURES,
+    DEFAULT_MAX_LORA_RANK,
+    MAX_LORA_RANKS,
+    VLLM_VERSION,
+    Architecture,
+)
 
 ENGINES = ("vllm",)
-MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 DTYPE_ALIASES = {"bf16": "bfloat16", "half": "float16", "fp16": "float16", "float": "float32",
                  "fp32": "float32"}
@@ -96,7 +101,7 @@ class Engine:
     """
 
     label: str
-    max_lora_rank: int = 16
+    max_lora_rank: int = DEFAULT_MAX_LORA_RANK
     max_loras: int = 1
     max_cpu_loras: int | None = None
     dtype: str | None = None
