@@ -13,7 +13,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry import __version__, ui
-from registry.api import problems
+from registry.api import docs, problems
 from registry.api.deps import State
 from registry.api.routes import (
     adapters,
@@ -119,13 +119,15 @@ def create_app(
     state = State(settings=settings, sessions=make_session_factory(engine), store=store,
                   auth_required=settings.auth_required(host))
     app = FastAPI(title="lorareg", version=__version__,
-                  description="Registry and lifecycle service for LoRA adapters")
+                  description="Registry and lifecycle service for LoRA adapters",
+                  docs_url=None, redoc_url=None)  # ours: registry/api/docs.py
     app.state.lorareg = state
     problems.install(app)
     # resolve first: it is the hot path, and routes are matched in order.
     for module in (resolve, admin, adapters, bases, blobs, channels, jobs, ops, pools):
         app.include_router(module.router)
     ui.install(app)  # /ui pages and /ui/static (registry/ui/__init__.py)
+    docs.install(app)  # /docs, Swagger UI from the installed package, no CDN
     app.add_middleware(UICompression)
     app.add_middleware(RequestObserver, metrics=state.metrics)
     app.add_middleware(BodyLimit, json_limit=settings.max_json_body,
