@@ -104,10 +104,10 @@ class Settings(BaseSettings):
         "all-linear LoRA: 1,120)"
     )
     upload_read_timeout_seconds: float = Field(
-        30.0, description="an upload that sends nothing for this long is cut off (408)"
+        30.0, gt=0, description="an upload that sends nothing for this long is cut off (408)"
     )
     max_concurrent_uploads_per_token: int = Field(
-        8, description="blob uploads one token may have in flight at once (429 beyond)"
+        8, ge=1, description="blob uploads one token may have in flight at once (429 beyond)"
     )
 
     @property

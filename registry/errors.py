@@ -34,7 +34,9 @@ Hierarchy::
      +-- NotFound (404, not_found, exit 2)
      +-- Conflict (409, conflict, exit 3)
      |    +-- PreconditionFailed (412, precondition_failed)
+     +-- RequestTimeout (408, request_timeout, exit 6)
      +-- PayloadTooLarge (413, payload_too_large, exit 4)
+     +-- TooManyRequests (429, too_many_requests, exit 6)
      +-- StorageError (503, storage_error, exit 6)
 
 ``extra`` holds fields that help the caller (for example both fingerprints of an
@@ -156,11 +158,29 @@ class PreconditionFailed(Conflict):
     title = "Precondition failed"
 
 
+class RequestTimeout(RegistryError):
+    """The client stopped sending its request body (an upload idle past the read timeout)."""
+
+    status_code = 408
+    code = "request_timeout"
+    title = "Request timeout"
+    exit_code = 6
+
+
 class PayloadTooLarge(RegistryError):
     status_code = 413
     code = "payload_too_large"
     title = "Payload too large"
     exit_code = 4
+
+
+class TooManyRequests(RegistryError):
+    """Over a concurrency limit; ``extra["retry_after"]`` (seconds) becomes ``Retry-After``."""
+
+    status_code = 429
+    code = "too_many_requests"
+    title = "Too many requests"
+    exit_code = 6
 
 
 class StorageError(RegistryError):
@@ -193,7 +213,8 @@ def from_problem(problem: dict[str, Any], status: int) -> RegistryError:
 
 
 def _class_for_status(status: int) -> type[RegistryError]:
-    for cls in (Unauthenticated, PermissionDenied, NotFound, Conflict, PayloadTooLarge):
+    for cls in (Unauthenticated, PermissionDenied, NotFound, Conflict, RequestTimeout,
+                PayloadTooLarge, TooManyRequests):
         if cls.status_code == status:
             return cls
     if 400 <= status < 500:

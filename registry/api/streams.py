@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import anyio
 import anyio.from_thread
+import anyio.to_thread
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from registry.blobs import CHUNK_SIZE, BlobInfo, BlobWriter
+from registry.errors import BadRequest, RequestTimeout
 
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
@@ -47,6 +53,50 @@ class AsyncBodyReader:
             out = bytes(view[:size])  # one copy (a bytearray slice would make two)
         del self._buf[:size]
         return out
+
+
+async def receive_blob(
+    open_writer: Callable[[], BlobWriter], body: AsyncIterator[bytes], *,
+    read_timeout: float, limiter: anyio.CapacityLimiter,
+) -> BlobInfo:
+    """Store an ASGI request body through a :class:`BlobWriter` without holding a thread while
+    the client is slow: the loop receives about CHUNK_SIZE bytes (many messages), then one
+    thread of ``limiter`` writes and hashes them. A client that sends nothing for
+    ``read_timeout`` seconds gets RequestTimeout; on any failure, or the client going away,
+    whatever was staged is discarded.
+
+    One thread crossing per CHUNK_SIZE, as with :class:`AsyncBodyReader`; memory is one
+    gathered chunk (plus one message) per upload.
+    """
+    writer = await anyio.to_thread.run_sync(open_writer, limiter=limiter)
+    try:
+        while chunk := await _gather(body, read_timeout):
+            await anyio.to_thread.run_sync(writer.write, chunk, limiter=limiter)
+        return await anyio.to_thread.run_sync(writer.commit, limiter=limiter)
+    except BaseException:
+        with anyio.CancelScope(shield=True):  # a disconnect cancels us: still clean up
+            await anyio.to_thread.run_sync(writer.abort, limiter=limiter)
+        raise
+
+
+async def _gather(body: AsyncIterator[bytes], read_timeout: float) -> bytes:
+    """At least CHUNK_SIZE bytes of ``body`` (fewer at its end, b"" past it)."""
+    parts: list[bytes] = []
+    held = 0
+    while held < CHUNK_SIZE:
+        try:
+            with anyio.fail_after(read_timeout):
+                part = await anext(body, b"")
+        except TimeoutError:
+            raise RequestTimeout(f"the upload sent nothing for {read_timeout:g} seconds") from None
+        except ClientDisconnect:
+            # Nobody is left to answer; an expected failure, not a 500 with a traceback.
+            raise BadRequest("truncated upload: the client disconnected") from None
+        if not part:
+            break
+        parts.append(part)
+        held += len(part)
+    return b"".join(parts)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -92,6 +92,24 @@ def check_digest(digest: str) -> str:
     return digest
 
 
+class BlobWriter(Protocol):
+    """One upload pushed chunk by chunk: ``put`` turned inside out, for a caller that receives
+    the bytes itself (the API server on its event loop) and must not hold a thread while it
+    waits for the next ones.
+
+    ``write`` hashes, counts and stages a chunk; it raises BadRequest as soon as the stream is
+    longer than a declared size. ``commit`` checks the size and the digest and only then makes
+    the blob visible. ``abort`` discards whatever was staged; it is harmless after a ``commit``
+    (failed or not) and after another ``abort``. A writer is used by one thread at a time.
+    """
+
+    def write(self, chunk: bytes, /) -> None: ...
+
+    def commit(self) -> BlobInfo: ...
+
+    def abort(self) -> None: ...
+
+
 class BlobStore(Protocol):
     """Content-addressed blob storage (see the module docstring for the guarantees).
 
@@ -100,6 +118,7 @@ class BlobStore(Protocol):
     declared ``size`` (BadRequest: truncated or too long), storing nothing under any content key.
     If the declared digest is already stored, the stream is still drained and verified (so a
     caller never gets success for bytes it did not send) but not stored again.
+    ``writer`` is the same with the caller pushing chunks (see :class:`BlobWriter`).
     Progress callbacks receive byte increments. ``delete`` is idempotent.
     """
 
@@ -111,6 +130,11 @@ class BlobStore(Protocol):
         size: int | None = None,
         progress: Progress | None = None,
     ) -> BlobInfo: ...
+
+    def writer(
+        self, *, digest: str | None = None, size: int | None = None,
+        progress: Progress | None = None,
+    ) -> BlobWriter: ...
 
     def exists(self, digest: str) -> bool: ...
 
@@ -148,41 +172,29 @@ class BlobStore(Protocol):
 
 
 class _Intake:
-    """One upload stream: read in bounded chunks, hashed and counted on the way, and checked
-    against what the caller declared (size while streaming, digest at the end)."""
+    """One upload stream, chunk by chunk: hashed and counted on the way, and checked against
+    what the caller declared (size while streaming, digest at the end)."""
 
-    def __init__(
-        self, reader: SupportsRead, digest: str | None, size: int | None, progress: Progress | None
-    ) -> None:
+    def __init__(self, digest: str | None, size: int | None, progress: Progress | None) -> None:
         if size is not None and size < 0:
             raise BadRequest(f"invalid declared size {size}")
         self.declared = None if digest is None else check_digest(digest)
         self.size = size
         self.count = 0
-        self._reader = reader
         self._progress = progress
         self._hash = hashlib.sha256()
 
-    def chunks(self) -> Iterator[bytes]:
-        while True:
-            want = CHUNK_SIZE if self.size is None else min(CHUNK_SIZE, self.size - self.count)
-            if want == 0:
-                self._expect_eof()
-                return
-            chunk = self._reader.read(want)
-            if not chunk:
-                self._expect_complete()
-                return
-            self._take(chunk)
-            yield chunk
-
-    def drain(self) -> str:
-        for _ in self.chunks():
-            pass
-        return self.finish()
+    def take(self, chunk: bytes) -> None:
+        self.count += len(chunk)
+        if self.size is not None and self.count > self.size:
+            raise BadRequest(f"upload is longer than its declared size of {self.size} bytes")
+        self._hash.update(chunk)
+        if self._progress is not None:
+            self._progress(len(chunk))
 
     def finish(self) -> str:
-        """The verified digest; call once the chunks are exhausted."""
+        """The verified digest; call once the stream has ended."""
+        self._expect_complete()
         actual = self._hash.hexdigest()
         if self.declared is not None and actual != self.declared:
             raise DigestMismatch(
@@ -192,21 +204,6 @@ class _Intake:
             )
         return actual
 
-    def _take(self, chunk: bytes) -> None:
-        self.count += len(chunk)
-        if self.size is not None and self.count > self.size:
-            self._too_long()
-        self._hash.update(chunk)
-        if self._progress is not None:
-            self._progress(len(chunk))
-
-    def _expect_eof(self) -> None:
-        if self._reader.read(1):
-            self._too_long()
-
-    def _too_long(self) -> None:
-        raise BadRequest(f"upload is longer than its declared size of {self.size} bytes")
-
     def _expect_complete(self) -> None:
         if self.size is not None and self.count != self.size:
             raise BadRequest(
@@ -214,6 +211,36 @@ class _Intake:
                 expected_size=self.size,
                 received_size=self.count,
             )
+
+
+def _pull(reader: SupportsRead, size: int | None) -> Iterator[bytes]:
+    """``reader``'s bytes in reads of at most CHUNK_SIZE, to its end; once a declared ``size``
+    is reached, one read of 1 byte (enough to tell a stream that is too long)."""
+    count = 0
+    while True:
+        want = CHUNK_SIZE if size is None else max(min(CHUNK_SIZE, size - count), 1)
+        chunk = reader.read(want)
+        if not chunk:
+            return
+        count += len(chunk)
+        yield chunk
+
+
+class _Verifier:
+    """The writer for a blob that is already stored: it checks what the caller sends (so a
+    caller never gets success for bytes it did not send) and stores nothing."""
+
+    def __init__(self, store: _VerifiedReads, intake: _Intake) -> None:
+        self._store, self._intake = store, intake
+
+    def write(self, chunk: bytes, /) -> None:
+        self._intake.take(chunk)
+
+    def commit(self) -> BlobInfo:
+        return self._store.stat(self._intake.finish())
+
+    def abort(self) -> None:
+        pass
 
 
 def _check_range(start: int, end: int | None) -> None:
@@ -267,8 +294,9 @@ def _write_atomically(path: Path, chunks: Iterator[bytes], progress: Progress | 
 
 
 class _VerifiedReads(ABC):
-    """What both stores share: ``put`` (verify, skip what is stored) and reads that check the
-    sha256; built on ``exists``, ``stat``, ``open`` and each store's ``_store``."""
+    """What both stores share: ``put`` and ``writer`` (verify, skip what is stored) and reads
+    that check the sha256; built on ``exists``, ``stat``, ``open`` and each store's
+    ``_writer``."""
 
     @abstractmethod
     def open(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
@@ -280,8 +308,17 @@ class _VerifiedReads(ABC):
     def stat(self, digest: str) -> BlobInfo: ...
 
     @abstractmethod
-    def _store(self, intake: _Intake) -> str:
-        """Store a new blob from ``intake``, visible only once verified; its digest."""
+    def _writer(self, intake: _Intake) -> BlobWriter:
+        """A writer staging a new blob from ``intake``, visible only once verified."""
+
+    def writer(
+        self, *, digest: str | None = None, size: int | None = None,
+        progress: Progress | None = None,
+    ) -> BlobWriter:
+        intake = _Intake(digest, size, progress)
+        if intake.declared is not None and self.exists(intake.declared):
+            return _Verifier(self, intake)
+        return self._writer(intake)
 
     def put(
         self,
@@ -291,11 +328,14 @@ class _VerifiedReads(ABC):
         size: int | None = None,
         progress: Progress | None = None,
     ) -> BlobInfo:
-        intake = _Intake(reader, digest, size, progress)
-        if intake.declared is not None and self.exists(intake.declared):
-            intake.drain()  # still read and check what the caller sent
-            return self.stat(intake.declared)
-        return self.stat(self._store(intake))
+        writer = self.writer(digest=digest, size=size, progress=progress)
+        try:
+            for chunk in _pull(reader, size):
+                writer.write(chunk)
+            return writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
 
     def read_verified(self, digest: str) -> Iterator[bytes]:
         """All chunks; raises DigestMismatch after the last one if they do not hash to digest."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -15,6 +15,7 @@ from registry.blobs.base import (
     READ_CHUNK_SIZE,
     UPLOADS_PREFIX,
     BlobInfo,
+    BlobWriter,
     _aware,
     _check_range,
     _clamp_range,
@@ -49,15 +50,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(out: BinaryIO, chunks: Iterator[bytes]) -> None:
-    """Write and fsync; only our own file errors become StorageError, a failing reader's
-    errors (the caller's side) propagate unchanged."""
-    for chunk in chunks:
+class _LocalWriter:
+    """Writes ``root/uploads/<uuid>`` while hashing; ``commit`` fsyncs, verifies, then renames
+    it onto the content path. Only our own file errors become StorageError."""
+
+    def __init__(self, store: LocalBlobStore, intake: _Intake) -> None:
+        self._store, self._intake = store, intake
+        self._staging = store.root / _upload_key()
         with _local_errors():
-            out.write(chunk)
-    with _local_errors():
-        out.flush()
-        os.fsync(out.fileno())
+            self._staging.parent.mkdir(parents=True, exist_ok=True)
+            self._out: BinaryIO = self._staging.open("xb")
+
+    def write(self, chunk: bytes, /) -> None:
+        self._intake.take(chunk)
+        with _local_errors():
+            self._out.write(chunk)
+
+    def commit(self) -> BlobInfo:
+        with _local_errors(), self._out:
+            self._out.flush()
+            os.fsync(self._out.fileno())
+        actual = self._intake.finish()
+        target = self._store.path_for(actual)
+        with _local_errors():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._staging.replace(target)
+            _fsync_dir(target.parent)
+        return self._store.stat(actual)
+
+    def abort(self) -> None:
+        with suppress(OSError):  # already failing: the staging file is what matters
+            self._out.close()
+        self._staging.unlink(missing_ok=True)
 
 
 def _file_range(f: BinaryIO, start: int, stop: int) -> Iterator[bytes]:
@@ -85,24 +109,8 @@ class LocalBlobStore(_VerifiedReads):
     def path_for(self, digest: str) -> Path:
         return self.root / content_key(digest)
 
-    def _store(self, intake: _Intake) -> str:
-        staging = self.root / _upload_key()
-        with _local_errors():
-            staging.parent.mkdir(parents=True, exist_ok=True)
-            out = staging.open("xb")
-        try:
-            with out:
-                _write_synced(out, intake.chunks())
-            actual = intake.finish()
-            target = self.path_for(actual)
-            with _local_errors():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                staging.replace(target)
-                _fsync_dir(target.parent)
-        except BaseException:
-            staging.unlink(missing_ok=True)
-            raise
-        return actual
+    def _writer(self, intake: _Intake) -> BlobWriter:
+        return _LocalWriter(self, intake)
 
     def exists(self, digest: str) -> bool:
         return self.path_for(digest).is_file()

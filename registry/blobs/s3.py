@@ -33,6 +33,7 @@ from registry.blobs.base import (
     READ_CHUNK_SIZE,
     UPLOADS_PREFIX,
     BlobInfo,
+    BlobWriter,
     _aware,
     _check_range,
     _clamp_range,
@@ -186,14 +187,55 @@ class _MultipartUpload:
         return {"PartNumber": number, "ETag": sent["ETag"], "ChecksumSHA256": checksum}
 
 
-def _gather(chunks: Iterator[bytes], limit: int) -> tuple[bytearray, bool]:
-    """Buffer chunks until ``limit`` bytes; the flag says whether the stream ended first."""
-    buf = bytearray()
-    for chunk in chunks:
-        buf += chunk
-        if len(buf) >= limit:
-            return buf, False
-    return buf, True
+class _S3Writer:
+    """Buffers the first ``multipart_threshold`` bytes: a blob that ends before them goes as
+    one PutObject; past them, a multipart upload takes over (see :class:`S3BlobStore`)."""
+
+    def __init__(self, store: S3BlobStore, intake: _Intake) -> None:
+        self._store, self._intake = store, intake
+        self._head = bytearray()
+        self._upload: _MultipartUpload | None = None
+        self._key = ""
+        self._completed = False
+
+    def write(self, chunk: bytes, /) -> None:
+        self._intake.take(chunk)
+        if self._upload is not None:
+            with _s3_errors("multipart upload"):
+                self._upload.feed(chunk)
+            return
+        self._head += chunk
+        if len(self._head) >= self._store.multipart_threshold:
+            self._start_multipart()
+
+    def _start_multipart(self) -> None:
+        store, declared, size = self._store, self._intake.declared, self._intake.size
+        self._key = store.key_for(declared) if declared else store._key(_upload_key())
+        part_size = store.part_size
+        if size is not None:
+            part_size = max(part_size, -(-size // MAX_PARTS))
+        with _s3_errors("multipart upload"):
+            self._upload = _MultipartUpload(store, self._key, part_size, self._head)
+
+    def commit(self) -> BlobInfo:
+        if self._upload is None:
+            return self._store.stat(self._store._put_small(self._intake, bytes(self._head)))
+        with _s3_errors("multipart upload"):
+            self._upload.flush()
+            actual = self._intake.finish()
+            self._upload.complete()
+        self._completed = True
+        self._upload.close()
+        if self._intake.declared is None:
+            self._store._promote(self._key, actual, self._intake.count)
+        return self._store.stat(actual)
+
+    def abort(self) -> None:
+        if self._upload is None:
+            return
+        if not self._completed:
+            self._upload.abort()
+        self._upload.close()
 
 
 class S3BlobStore(_VerifiedReads):
@@ -245,12 +287,8 @@ class S3BlobStore(_VerifiedReads):
     def key_for(self, digest: str) -> str:
         return self._key(content_key(digest))
 
-    def _store(self, intake: _Intake) -> str:
-        chunks = intake.chunks()
-        head, ended = _gather(chunks, self.multipart_threshold)
-        if ended:
-            return self._put_small(intake, bytes(head))
-        return self._put_multipart(intake, head, chunks)
+    def _writer(self, intake: _Intake) -> BlobWriter:
+        return _S3Writer(self, intake)
 
     def _put_small(self, intake: _Intake, data: bytes) -> str:
         actual = intake.finish()
@@ -262,29 +300,6 @@ class S3BlobStore(_VerifiedReads):
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=_b64_digest(actual),
             )
-        return actual
-
-    def _put_multipart(self, intake: _Intake, head: bytearray, chunks: Iterator[bytes]) -> str:
-        declared = intake.declared
-        key = self.key_for(declared) if declared else self._key(_upload_key())
-        part_size = self.part_size
-        if intake.size is not None:
-            part_size = max(part_size, -(-intake.size // MAX_PARTS))
-        with _s3_errors("multipart upload"):
-            upload = _MultipartUpload(self, key, part_size, head)
-            try:
-                for chunk in chunks:
-                    upload.feed(chunk)
-                upload.flush()
-                actual = intake.finish()
-                upload.complete()
-            except BaseException:
-                upload.abort()
-                raise
-            finally:
-                upload.close()
-        if declared is None:
-            self._promote(key, actual, intake.count)
         return actual
 
     def _promote(self, staging_key: str, digest: str, size: int) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from registry.api import schemas as s
 from registry.api.deps import CtxDep, etag_matches
-from registry.api.streams import AsyncBodyReader, parse_range
+from registry.api.streams import parse_range, receive_blob
 from registry.blobs import BlobInfo
 from registry.errors import BadRequest, PayloadTooLarge
 from registry.manifest import check_digest
@@ -46,6 +45,23 @@ def _declared_length(request: Request, limit: int) -> int:
     if size > limit:
         raise PayloadTooLarge(f"blob of {size} bytes exceeds the limit of {limit} bytes")
     return size
+
+
+async def _receive(ctx: CtxDep, request: Request, digest: str, size: int) -> BlobInfo:
+    """The body into the store, in one of the caller's upload slots (429 when none is free,
+    before any byte is read); no thread waits on the client (registry/api/streams.py)."""
+    uploads, settings = ctx.state.uploads, ctx.state.settings
+    with uploads.slot(_uploader(ctx, request)):
+        return await receive_blob(
+            lambda: ctx.store.writer(digest=digest, size=size), request.stream(),
+            read_timeout=settings.upload_read_timeout_seconds, limiter=uploads.threads)
+
+
+def _uploader(ctx: CtxDep, request: Request) -> str:
+    """Whose upload slots: the token's, or the client address's when auth is off."""
+    if ctx.principal.token_id is not None:
+        return f"token:{ctx.principal.token_id}"
+    return f"address:{request.client.host if request.client else 'unknown'}"
 
 
 @router.put("/{digest}", status_code=201, response_model=s.BlobOut,
