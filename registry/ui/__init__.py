@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from registry.errors import NotFound
-from registry.ui import actions, login, pages
+from registry.ui import actions, login, pages, pool_pages
 from registry.ui.rendering import UICtx, UIRoute
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -32,5 +32,5 @@ def unknown(path: str, ctx: UICtx) -> None:
 
 def install(app: FastAPI) -> None:
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
-    for router in (login.router, pages.router, actions.router, fallback):
+    for router in (login.router, pages.router, pool_pages.router, actions.router, fallback):
         app.include_router(router)
