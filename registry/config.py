@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         return f"file://{(self.home / 'blobs').resolve()}"
 
     @property
+    def effective_blob_dedup(self) -> Literal["global", "namespace"]:
+        if self.blob_dedup == "auto":
+            return "global" if self.mode == "embedded" else "namespace"
+        return self.blob_dedup
+
+    @property
     def effective_worker_cache(self) -> Path:
         return self.worker_cache or (self.home / "worker-cache")
 

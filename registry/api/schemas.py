@@ -199,7 +199,7 @@ class BlobOut(BaseModel):
 
 class TokenIn(In):
     name: str = Field(min_length=1, max_length=128)
-    role: Literal["reader", "writer", "promoter", "admin"]
+    role: Literal["reader", "writer", "promoter", "curator", "admin"]  # = registry.roles
     namespace: str | None = Field(None, max_length=64)
     expires_in_days: int | None = Field(None, ge=1, le=3650)
 

@@ -50,6 +50,9 @@ class PushRequest:
     provenance: dict[str, str] = field(default_factory=dict)
     description: str | None = None
     idempotency_key: str | None = None
+    # Whose stored blobs the files may be (registry.services.blobs): None, any stored blob;
+    # a namespace, only those it holds (per-namespace dedup, a scoped pusher).
+    blob_view: str | None = None
     # Caps on the adapter's safetensors header (Settings.safetensors_limits).
     header_limits: HeaderLimits = ADAPTER_LIMITS
 
@@ -88,7 +91,7 @@ def push_version(
     labels = adapters.check_labels(req.labels)
     provenance = check_provenance(req.provenance)
     metric_rows = [check_metric(m) for m in req.metrics]
-    blob_service.require_stored(session, files)
+    blob_service.require_stored(session, files, req.blob_view)
     inspection = inspect_adapter(store, files, req.header_limits)
     digest = manifest_digest(files)
     base, compat = bases.check_adapter_fits(
@@ -122,6 +125,7 @@ def push_version(
     )
     session.add(version)
     session.flush()
+    blob_service.hold(session, adapter.namespace_id, [f.digest for f in files])
     add_metrics(session, version, metric_rows, actor)
     version_tensors.record(session, version, inspection.header)  # serving checks need it
     audit.record(

@@ -166,6 +166,7 @@ def push_version(
         metrics=[MetricInput(m.key, m.value, m.dataset, m.split) for m in body.metrics],
         labels=body.labels, provenance=body.provenance.model_dump(exclude_none=True),
         description=body.description, idempotency_key=body.idempotency_key,
+        blob_view=ctx.blob_view,
         header_limits=ctx.state.settings.safetensors_limits,
     )
     with ctx.tx() as session:
