@@ -279,3 +279,29 @@ def test_a_token_over_its_upload_cap_gets_429_before_its_body_is_read(
         again = httpx.put(f"{server.url}/api/v1/blobs/{third.digest}", content=third.data,
                           headers={"Authorization": f"Bearer {writer}"}, timeout=PATIENCE)
         assert again.status_code == 201
+
+
+def test_the_client_waits_retry_after_and_pushes_once_a_slot_is_free(
+    fresh_db_url: str, tmp_path: Path
+) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for name, data in adapter_files(seed=2).items():
+        (adapter / name).write_bytes(data)
+    with api_server(fresh_db_url, tmp_path, LORAREG_MAX_CONCURRENT_UPLOADS_PER_TOKEN="1") as server:
+        writer = make_token(fresh_db_url, "writer", "acme", "ci")
+        holder = RawUpload(server, writer, slow_payload(1))
+        holder.send(1)
+        wait_for(lambda: len(staged(tmp_path)) == 1, "the writer's one upload in flight")
+        waited: list[float] = []
+
+        def sleep(seconds: float) -> None:  # the client's back-off: free the slot meanwhile
+            waited.append(seconds)
+            holder.close()
+            wait_for(lambda: staged(tmp_path) == [], "the held upload to be discarded")
+
+        with Client(server.url, writer, timeout=PATIENCE) as client:
+            client.sleep = sleep
+            pushed = client.push(adapter, "acme/bot", BASE)
+    assert waited == [5.0]  # Retry-After, not the client's own back-off
+    assert pushed["created"] is True

@@ -301,6 +301,85 @@ def test_put_reads_in_bounded_chunks_with_bounded_memory(blob_store: BlobStore) 
     assert peak < bound, f"peak {peak / MIB:.1f} MiB for a {total / MIB:.0f} MiB stream"
 
 
+# --- writer (put driven chunk by chunk) ------------------------------------------------------
+
+
+def pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("size", [0, SMALL, BIG], ids=["empty", "small", "multipart"])
+@pytest.mark.parametrize("declare", [True, False], ids=["declared", "undeclared"])
+def test_writer_stores_what_was_pushed(blob_store: BlobStore, size: int, declare: bool) -> None:
+    data = payload(size, seed=30)
+    progress: list[int] = []
+    writer = blob_store.writer(digest=sha256(data) if declare else None,
+                               size=size if declare else None, progress=progress.append)
+    for piece in pieces(data, 300 * KIB):  # not a divisor of the part size
+        writer.write(piece)
+    assert stored_keys(blob_store) & {content_key(sha256(data))} == set()  # not before commit
+    info = writer.commit()
+    writer.abort()  # harmless after a commit
+    assert (info.digest, info.size, sum(progress)) == (sha256(data), size, size)
+    assert b"".join(blob_store.read_verified(info.digest)) == data
+    assert stored_keys(blob_store) == {content_key(info.digest)}
+    assert pending_multipart(blob_store) == []
+
+
+@pytest.mark.parametrize("size", [SMALL, BIG], ids=["small", "multipart"])
+def test_aborted_writer_leaves_nothing(blob_store: BlobStore, size: int) -> None:
+    data = payload(size, seed=31)
+    writer = blob_store.writer(digest=sha256(data), size=size)
+    for piece in pieces(data, MIB)[:-1]:  # a client that stops before the end
+        writer.write(piece)
+    writer.abort()
+    writer.abort()
+    assert_nothing_stored(blob_store)
+
+
+@pytest.mark.parametrize("size", [SMALL, BIG], ids=["small", "multipart"])
+def test_writer_refuses_a_wrong_or_short_stream_at_commit(blob_store: BlobStore, size: int
+                                                          ) -> None:
+    data = payload(size, seed=32)
+    wrong = blob_store.writer(digest=sha256(b"other"), size=size)
+    for piece in pieces(data, MIB):
+        wrong.write(piece)
+    with pytest.raises(DigestMismatch):
+        wrong.commit()
+    wrong.abort()
+    short = blob_store.writer(digest=sha256(data), size=size)
+    short.write(data[:-1])
+    with pytest.raises(BadRequest, match="truncated"):
+        short.commit()
+    short.abort()
+    assert_nothing_stored(blob_store)
+
+
+def test_writer_refuses_bytes_past_the_declared_size_at_once(blob_store: BlobStore) -> None:
+    data = payload(SMALL, seed=33)
+    writer = blob_store.writer(size=SMALL - 1)
+    with pytest.raises(BadRequest, match="longer than its declared size"):
+        writer.write(data)
+    writer.abort()
+    assert_nothing_stored(blob_store)
+
+
+def test_writer_for_a_stored_blob_checks_the_bytes_and_stores_nothing_new(
+    blob_store: BlobStore,
+) -> None:
+    data = payload(SMALL, seed=34)
+    first = blob_store.put(Reader(data))
+    again = blob_store.writer(digest=first.digest, size=SMALL)
+    again.write(data)
+    assert again.commit().digest == first.digest
+    liar = blob_store.writer(digest=first.digest, size=SMALL)
+    liar.write(payload(SMALL, seed=35))
+    with pytest.raises(DigestMismatch):
+        liar.commit()
+    liar.abort()
+    assert stored_keys(blob_store) == {content_key(first.digest)}
+
+
 # --- read ------------------------------------------------------------------------------------
 
 
