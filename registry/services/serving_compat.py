@@ -16,10 +16,10 @@ What vLLM does, read from its source (vLLM 0.32: ``vllm/lora/peft_helper.py``,
   ``embedding_modules`` only (:mod:`registry.vllm_architectures`); an adapter with a LoRA on
   another embedding is refused. Linear targets were checked against the base's tensor
   manifest at push (:mod:`registry.compat`).
-* With ``--lora-target-modules`` it wraps only those modules (a packed module such as
-  ``qkv_proj`` matches its parts ``q_proj``/``k_proj``/``v_proj`` and back), **but still loads**
-  adapters that target others and serves them without those deltas: silently the base
-  model's output there. A problem here.
+* With ``--lora-target-modules`` it wraps only those modules (a packed runtime module such as
+  ``qkv_proj`` is wrapped when it or any of ``q_proj``/``k_proj``/``v_proj`` is named, and then
+  serves all three), **but still loads** adapters that target others and serves them without
+  those deltas: silently the base model's output there. A problem here.
 * It ignores whole ``embed_tokens``/``lm_head`` weights saved with an adapter (a resized
   vocabulary), and PEFT options it does not know (trainable tokens, Arrow, ...): the adapter
   would serve without them. Problems here.
@@ -258,13 +258,18 @@ def _experts_problems(modules: Sequence[LoraModule]) -> list[str]:
 
 def in_targets(module: str, targets: Iterable[str], packed: Mapping[str, Sequence[str]]
                ) -> bool:
-    """vLLM's ``is_in_target_modules`` seen from the adapter: the module passes when its name
-    or suffix is a target, or when a packed module holding it is."""
+    """Whether vLLM applies an adapter's LoRA on ``module`` under ``--lora-target-modules``:
+    vLLM's ``is_in_target_modules``, asked about the runtime module holding it (``q_proj``
+    lives in ``qkv_proj``, which is wrapped when it or any module packed in it is a target)."""
     wanted = set(targets)
-    suffix = _suffix(module)
-    if suffix in wanted or module in wanted:
+    prefix, _, suffix = module.rpartition(".")
+    parent = next((p for p, parts in packed.items() if suffix in parts), suffix)
+    runtime = f"{prefix}.{parent}" if prefix else parent
+    if parent in wanted or runtime in wanted or module in wanted:
         return True
-    return any(suffix in parts and parent in wanted for parent, parts in packed.items())
+    if any(child in wanted for child in packed.get(parent, ())):
+        return True
+    return any(parent in parts and p in wanted for p, parts in packed.items())
 
 
 def _suffix(module: str) -> str:
