@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -244,6 +244,19 @@ def set_problems(session: Session, pool: ServingPool) -> list[str]:
     tensors = version_tensors.stored(session, members)
     return serving_compat.set_problems(
         engine_of(pool), [(ref(v), tensors.get(vid)) for vid, (v, _) in members.items()])
+
+
+def retained(session: Session, pool: ServingPool, now: datetime) -> list[Entry]:
+    """What an engine of the pool may still load at ``now``: the desired set, and each version
+    that left it less than ``drain_seconds`` ago (its last stay's end). Export keeps exactly
+    these folders; anything else may go."""
+    cutoff = now - timedelta(seconds=pool.drain_seconds)
+    rows = session.scalars(select(PoolMember).where(PoolMember.pool_id == pool.id).where(
+        PoolMember.removed_at.is_(None) | (PoolMember.removed_at > cutoff))
+        .order_by(PoolMember.version_id, PoolMember.id))
+    last = {m.version_id: m for m in rows}  # a version's latest stay decides
+    return [Entry(m.version, served(m.version), [], m.added_at, m.removed_at)
+            for m in sorted(last.values(), key=lambda m: ref(m.version))]
 
 
 def left(session: Session, pool: ServingPool, limit: int = MAX_LEFT) -> list[Entry]:

@@ -4,6 +4,7 @@ of promotion, binding, pinning and pool changes, served names, on SQLite and Pos
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from registry.models import (
     PoolMember,
     ServingPool,
     VersionTensors,
+    utcnow,
 )
 from registry.served_names import parse_served_name
 from registry.services import (
@@ -115,6 +117,10 @@ def test_desired_set_follows_the_bound_channel_and_records_leaving(
     left = desired_sets.left(session, pool)
     assert [(e.version.number, e.removed_at is not None) for e in left] == [(3, True), (1, True)]
     assert open_members(session, pool) == {v2.id}
+    now = utcnow()  # export keeps what left within the drain period (600 s by default)
+    assert refs(desired_sets.retained(session, pool, now)) == [f"acme/bot@{n}" for n in (1, 2, 3)]
+    later = refs(desired_sets.retained(session, pool, now + timedelta(seconds=601)))
+    assert later == ["acme/bot@2"]
     changes = [e.payload for e in session.scalars(select(AuditEvent).where(
         AuditEvent.action == "pool.desired_changed").order_by(AuditEvent.id))]
     assert [len(c["added"]) for c in changes] == [1, 1, 1, 0]
