@@ -14,7 +14,8 @@ the helpful fields). A server that cannot be reached raises :class:`RegistryErro
 Retries (exponential backoff with jitter, ``Retry-After`` honoured): connection failures are
 retried for every call, since the request never reached the server; 429 answers too; read
 failures and 5xx answers only for idempotent calls: reads, blob uploads, ``blobs/missing`` and
-version creation (identical content returns the existing version).
+version creation (identical content returns the existing version). A ``corrupt_blob`` 500 (a
+stored blob shorter than recorded) is not retried: no retry can help.
 
 Progress: ``push`` and ``pull`` accept either a callable receiving byte increments (negative
 when a retried upload starts over) or a tqdm-like object; the latter first gets
@@ -28,7 +29,7 @@ merges and jobs in :mod:`registry.client_jobs`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,12 +57,14 @@ from registry.transfer import (
     Reporter,
     Sink,
     check_dest,
+    corrupt_blob,
     download_folder,
     file_chunks,
     iter_folder,
     range_start,
     scan_folder,
     sha256_file,
+    stored_size,
 )
 
 __all__ = [
@@ -89,6 +92,20 @@ def metric_rows(metrics: Mapping[str, float] | Sequence[Mapping[str, Any]] | Non
     if isinstance(metrics, Mapping):
         return [{"key": k, "value": float(v)} for k, v in metrics.items()]
     return [dict(m) for m in metrics]
+
+
+def _hopeless(response: httpx.Response) -> bool:
+    """A 500 whose problem says that no retry can help (a corrupt stored blob)."""
+    if response.status_code != errors.CorruptBlob.status_code:
+        return False
+    if "json" not in response.headers.get("content-type", ""):
+        return False
+    response.read()  # a problem document: small
+    try:
+        problem = response.json()
+    except ValueError:
+        return False
+    return isinstance(problem, dict) and problem.get("code") == errors.CorruptBlob.code
 
 
 def body_chunks(response: httpx.Response) -> Iterator[bytes]:
@@ -169,9 +186,11 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin, PoolsMixin):
         self, method: str, path: str, *, params: Params | None = None, json: Any = None,
         body: Callable[[], Iterable[bytes]] | None = None, headers: Mapping[str, str] | None = None,
         idempotent: bool = True, stream: bool = False, follow: bool = False,
+        accept: Collection[int] = (),
     ) -> httpx.Response:
-        """Send with retries; return a 2xx response or raise the matching RegistryError.
-        A ``stream`` answer (a blob body) comes through the urllib3 transport."""
+        """Send with retries; return a 2xx response (or one of the ``accept`` statuses) or
+        raise the matching RegistryError. A ``stream`` answer (a blob body) comes through the
+        urllib3 transport."""
         http = self._blob_http if stream else self._http
         attempt = 0
         while True:
@@ -194,14 +213,14 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin, PoolsMixin):
                 self.sleep(self.retry.delay(attempt, retry_after))
                 attempt += 1
                 continue
-            if not response.is_success:
+            if not response.is_success and response.status_code not in accept:
                 raise self._error_from(response)
             return response
 
     def _should_retry(self, response: httpx.Response, attempt: int, idempotent: bool) -> bool:
         if response.status_code not in RETRY_STATUSES or attempt >= self.retry.retries:
             return False
-        return idempotent or response.status_code == 429
+        return (idempotent or response.status_code == 429) and not _hopeless(response)
 
     def _network_error(self, exc: httpx.TransportError) -> errors.RegistryError:
         if isinstance(exc, httpx.TimeoutException):
@@ -507,13 +526,11 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin, PoolsMixin):
         return {**source, "path": str(dest), "downloaded_bytes": downloaded}
 
     def _download(self, digest: str, sink: Sink, size: int) -> None:
-        """Stream the blob into ``sink`` from its current size, resuming after read errors."""
+        """Stream the blob into ``sink`` from its current size, resuming after read errors.
+        A stored blob of another size than ``size`` is a DigestMismatch (see _blob)."""
         attempt = 0
         while sink.size < size or size == 0:
-            headers = {"Range": f"bytes={sink.size}-"} if sink.size else {}
-            response = self._send(
-                "GET", f"/api/v1/blobs/{digest}", headers=headers, stream=True, follow=True
-            )
+            response = self._blob(digest, sink.size, size)
             try:
                 start = range_start(response.status_code, response.headers.get("content-range"))
                 if sink.size and start != sink.size:
@@ -527,6 +544,23 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin, PoolsMixin):
                 attempt += 1
             finally:
                 response.close()
+
+    def _blob(self, digest: str, offset: int, size: int) -> httpx.Response:
+        """The answer to a GET of the blob from ``offset``. If it shows that the store holds
+        another size than ``size`` (the server's corrupt_blob; a presigned store's own
+        Content-Length, Content-Range or 416), a DigestMismatch instead: a body cut short by
+        a corrupt blob must not pass for a network failure, retried and then "cannot reach"."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            response = self._send("GET", f"/api/v1/blobs/{digest}", headers=headers,
+                                  stream=True, follow=True, accept=(416,))
+        except errors.CorruptBlob as err:
+            raise corrupt_blob(digest, size, err.extra.get("stored_size")) from None
+        stored = stored_size(response.status_code, response.headers)
+        if response.status_code == 416 or (stored is not None and stored != size):
+            response.close()
+            raise corrupt_blob(digest, size, stored)
+        return response
 
     # -- audit, tokens ------------------------------------------------------------------
 

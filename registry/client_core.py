@@ -8,7 +8,7 @@ and version methods that ``Client`` itself defines.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ class Core(Protocol):
         self, method: str, path: str, *, params: Params | None = None, json: Any = None,
         body: Callable[[], Iterable[bytes]] | None = None,
         headers: Mapping[str, str] | None = None, idempotent: bool = True,
-        stream: bool = False, follow: bool = False,
+        stream: bool = False, follow: bool = False, accept: Collection[int] = (),
     ) -> httpx.Response: ...
 
     def _get(self, path: str, params: Params | None = None) -> Any: ...

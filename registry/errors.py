@@ -38,6 +38,7 @@ Hierarchy::
      +-- PayloadTooLarge (413, payload_too_large, exit 4)
      +-- TooManyRequests (429, too_many_requests, exit 6)
      +-- StorageError (503, storage_error, exit 6)
+     +-- CorruptBlob (500, corrupt_blob, exit 4)
 
 ``extra`` holds fields that help the caller (for example both fingerprints of an
 incompatible base); they are merged into the problem document.
@@ -188,6 +189,17 @@ class StorageError(RegistryError):
     code = "storage_error"
     title = "Blob storage unavailable"
     exit_code = 6
+
+
+class CorruptBlob(RegistryError):
+    """A stored blob holds fewer bytes than the registry recorded: it was truncated or
+    replaced in the store behind the registry's back. The server's fault, so 500, but no retry
+    helps; the client's ``pull`` reports it as the file's DigestMismatch (exit 4)."""
+
+    status_code = 500
+    code = "corrupt_blob"
+    title = "Stored blob is corrupt"
+    exit_code = 4
 
 
 _BY_CODE: dict[str, type[RegistryError]] = {}

@@ -8,8 +8,9 @@
   (:func:`download_folder`): files land in ``.<dest>.partial-<key>`` next to ``dest``; whole
   files already there and hashing right are kept, a partial file continues from its size (the
   caller's ``download`` function asks for a ``Range``); every file's sha256 is checked (a
-  mismatch deletes the file and raises DigestMismatch); files not in the manifest are pruned;
-  the folder is renamed to ``dest`` only when complete.
+  mismatch deletes the file and raises DigestMismatch, as does a stored blob the download finds
+  to be of another size: :func:`corrupt_blob`); files not in the manifest are pruned; the
+  folder is renamed to ``dest`` only when complete.
 
 The HTTP side (which URL, retries, ``Range`` headers) lives in :mod:`registry.client`; it hands
 :func:`download_folder` a :data:`Download` function that streams one blob into a :class:`Sink`.
@@ -356,16 +357,36 @@ def fetch_file(entry: Mapping[str, Any], root: Path, report: Reporter, download:
         report(size)
         return 0
     sink = Sink(target, report)
-    download(digest, sink, size)
-    actual = sink.hasher.hexdigest()
-    if actual != digest or sink.size != size:
-        target.unlink(missing_ok=True)
-        raise errors.DigestMismatch(
-            f"{path}: downloaded {sink.size} bytes hashing to {actual}, expected {size} "
-            f"bytes of {digest}; the file was removed",
-            path=path, expected=digest, actual=actual,
-        )
+    try:
+        download(digest, sink, size)
+    except errors.DigestMismatch as cause:  # the download found the stored blob corrupt
+        raise mismatch(target, path, digest, size, sink, cause) from None
+    if sink.hasher.hexdigest() != digest or sink.size != size:
+        raise mismatch(target, path, digest, size, sink)
     return sink.fetched
+
+
+def mismatch(target: Path, path: str, digest: str, size: int, sink: Sink,
+             cause: errors.RegistryError | None = None) -> errors.DigestMismatch:
+    """Remove the file; the error names it, both digests and both sizes (and what the
+    download learnt about the stored blob, if it found it corrupt)."""
+    target.unlink(missing_ok=True)
+    actual = sink.hasher.hexdigest()
+    why = f"{cause.detail}; " if cause is not None else ""
+    extra = {**(cause.extra if cause is not None else {}), "path": path, "expected": digest,
+             "actual": actual, "expected_size": size, "received_size": sink.size}
+    return errors.DigestMismatch(
+        f"{path}: {why}downloaded {sink.size} bytes hashing to {actual}, expected {size} "
+        f"bytes of {digest}; the file was removed", **extra)
+
+
+def corrupt_blob(digest: str, size: int, stored: int | None) -> errors.DigestMismatch:
+    """The registry's stored copy of a blob holds ``stored`` bytes (None: fewer than asked
+    for), not ``size``: as the server reports it, or as a presigned store's answer shows."""
+    held = "fewer bytes" if stored is None else f"{stored} bytes"
+    return errors.DigestMismatch(
+        f"the registry's stored copy is corrupt (its blob store holds {held}, not {size})",
+        expected=digest, expected_size=size, stored_size=stored)
 
 
 def is_complete(target: Path, digest: str, size: int) -> bool:
@@ -388,6 +409,19 @@ def range_start(status_code: int, content_range: str | None) -> int:
     unit, _, spec = (content_range or "").partition(" ")
     start = spec.partition("-")[0]
     return int(start) if unit == "bytes" and start.isdigit() else -1
+
+
+def stored_size(status_code: int, headers: Mapping[str, str]) -> int | None:
+    """The whole blob's size as a download answer declares it: the total of a 206's (or
+    416's) ``Content-Range``, a 200's ``Content-Length``; None if it does not say, or if the
+    body is encoded (the length is then the encoded one)."""
+    if headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        return None
+    if status_code in (206, 416):
+        total = headers.get("content-range", "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = headers.get("content-length", "")
+    return int(length) if status_code == 200 and length.isdigit() else None
 
 
 def check_dest(dest: Path, overwrite: bool) -> None:

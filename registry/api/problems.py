@@ -187,6 +187,8 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "actual": {"type": "string", "description": "digest_mismatch: the received digest"},
         "expected_size": {"type": "integer"},
         "received_size": {"type": "integer"},
+        "stored_size": {"type": "integer",
+                        "description": "corrupt_blob: the bytes the blob store holds"},
         "s3_code": {"type": "string"},
         "retry_after": {"type": "integer",
                         "description": "too_many_requests: seconds to wait (as Retry-After)"},

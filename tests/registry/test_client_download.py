@@ -99,3 +99,71 @@ def test_body_chunks_decodes_an_encoded_body_and_passes_a_raw_one_through() -> N
     assert b"".join(chunks) == data and len(chunks) == 50  # as received, not re-chunked
     in_memory = httpx.Response(200, content=data)  # already read: iter_raw would refuse
     assert b"".join(body_chunks(in_memory)) == data
+
+
+def test_resume_past_the_end_of_a_shorter_stored_blob_is_corrupt(tmp_path: Path) -> None:
+    """A store (here: a presigned URL's) that holds fewer bytes than the resume offset
+    answers 416; that is a corrupt blob, not a bad request."""
+    data = os.urandom(4 * KIB)
+    server = Server(data, [])
+    partial = tmp_path / f".out.partial-{'cd' * 6}"
+    partial.mkdir()
+    (partial / "w.bin").write_bytes(data[:3000])
+
+    def shorter_store(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("range"):
+            return httpx.Response(416, headers={"content-range": "bytes */2048"})
+        return server(request)
+
+    shorter = Client("http://registry.test", transport=httpx.MockTransport(shorter_store))
+    with pytest.raises(errors.DigestMismatch, match=r"^w\.bin: .*corrupt.*2048 bytes") as err:
+        shorter.pull("acme/bot@1", tmp_path / "out")
+    assert err.value.extra["stored_size"] == 2048 and err.value.exit_code == 4
+    assert not (partial / "w.bin").exists()
+
+
+def test_a_declared_size_other_than_the_manifest_s_is_corrupt_before_any_byte(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(4 * KIB)
+    server = Server(data, [])
+    sent: list[str | None] = []
+
+    def longer_store(request: httpx.Request) -> httpx.Response:
+        if "/blobs/" not in request.url.path:
+            return server(request)
+        sent.append(request.headers.get("range"))
+        return httpx.Response(200, stream=Stream(data + b"x"),
+                              headers={"content-length": str(len(data) + 1)})
+
+    with pytest.raises(errors.DigestMismatch, match="holds 4097 bytes, not 4096"):
+        Client("http://registry.test", transport=httpx.MockTransport(longer_store)).pull(
+            "acme/bot@1", tmp_path / "out")
+    assert sent == [None]  # refused on the headers, not retried
+
+
+def test_corrupt_blob_answer_is_not_retried_but_other_500s_are(tmp_path: Path) -> None:
+    data = os.urandom(KIB)
+    server = Server(data, [])
+    answers: list[int] = []
+
+    def failing(code: str) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if "/blobs/" not in request.url.path:
+                return server(request)
+            answers.append(500)
+            return httpx.Response(500, json={"code": code, "title": "t", "status": 500,
+                                             "detail": "d", "stored_size": 10})
+        return httpx.MockTransport(handler)
+
+    c = Client("http://registry.test", transport=failing("corrupt_blob"), retries=3)
+    c.sleep = lambda _seconds: None
+    with pytest.raises(errors.DigestMismatch, match=r"holds 10 bytes, not 1024"):
+        c.pull("acme/bot@1", tmp_path / "a")
+    assert answers == [500]
+    answers.clear()
+    c = Client("http://registry.test", transport=failing("internal"), retries=3)
+    c.sleep = lambda _seconds: None
+    with pytest.raises(errors.RegistryError) as other:
+        c.pull("acme/bot@1", tmp_path / "b")
+    assert answers == [500] * 4 and not isinstance(other.value, errors.DigestMismatch)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Iterator
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
@@ -11,20 +14,54 @@ from registry.api import schemas as s
 from registry.api.deps import CtxDep, etag_matches
 from registry.api.streams import parse_range, receive_blob
 from registry.blobs import BlobInfo
-from registry.errors import BadRequest, PayloadTooLarge
+from registry.errors import BadRequest, CorruptBlob, PayloadTooLarge
 from registry.manifest import check_digest
 from registry.services import blobs
 
+log = logging.getLogger("lorareg.api")
 router = APIRouter(prefix="/api/v1/blobs", tags=["blobs"])
 # Content-addressed: a digest names the same bytes forever.
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-def _counted(ctx: CtxDep, chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _counted(ctx: CtxDep, chunks: Iterator[bytes], digest: str, start: int, end: int,
+             ) -> Iterator[bytes]:
     counter = ctx.state.metrics.bytes.labels("out")
+    at = start
     for chunk in chunks:
         counter.inc(len(chunk))
+        at += len(chunk)
         yield chunk
+    if at < end:  # too late for an error answer: the connection is cut short (see _stream)
+        raise _corrupt(f"blob sha256:{digest} is corrupt in the blob store: it ended at byte "
+                       f"{at} of {end}; the answer was cut short", digest=digest)
+
+
+def _stream(ctx: CtxDep, digest: str, start: int, end: int, size: int) -> Iterator[bytes]:
+    """The stored bytes [start, end), checked for a first chunk before the answer starts.
+
+    A blob shorter in the store than recorded (truncated or replaced behind our back) is
+    found here, while an error can still be answered, when the range starts past its end.
+    Cut short after the answer started, the body ends early and the connection is closed;
+    the client resumes with ``Range`` from the bytes it has, and that request finds it here.
+    """
+    try:
+        chunks = ctx.store.open(digest, start, end)
+    except BadRequest:  # the range starts past the stored end (parse_range checked it on size)
+        chunks = iter(())
+    first = next(chunks, b"") if end > start else b""
+    if end > start and not first:
+        stored = ctx.store.stat(digest).size
+        raise _corrupt(
+            f"blob sha256:{digest} is corrupt in the blob store: it holds {stored} bytes, "
+            f"the registry recorded {size}", digest=digest, expected_size=size,
+            stored_size=stored)
+    return _counted(ctx, itertools.chain([first], chunks), digest, start, end)
+
+
+def _corrupt(detail: str, **extra: Any) -> CorruptBlob:
+    log.error(detail)  # an operator must restore the blob: every pull of it fails until then
+    return CorruptBlob(detail, **extra)
 
 
 @router.post("/missing", response_model=s.MissingOut)
@@ -108,5 +145,5 @@ def download(digest: str, request: Request, ctx: CtxDep) -> Response:
     code = 206 if span else 200
     if request.method == "HEAD":
         return Response(status_code=code, headers=headers)
-    return StreamingResponse(_counted(ctx, ctx.store.open(digest, start, end)), status_code=code,
+    return StreamingResponse(_stream(ctx, digest, start, end, size), status_code=code,
                              headers=headers, media_type="application/octet-stream")
