@@ -289,10 +289,8 @@ def test_the_client_waits_retry_after_and_pushes_once_a_slot_is_free(
     for name, data in adapter_files(seed=2).items():
         (adapter / name).write_bytes(data)
     with api_server(fresh_db_url, tmp_path, LORAREG_MAX_CONCURRENT_UPLOADS_PER_TOKEN="1") as server:
-        writer = make_token(fresh_db_url, "writer", "acme", "ci")
+        writer = make_token(fresh_db_url, "writer", None, "ci")
         holder = RawUpload(server, writer, slow_payload(1))
-        holder.send(1)
-        wait_for(lambda: len(staged(tmp_path)) == 1, "the writer's one upload in flight")
         waited: list[float] = []
 
         def sleep(seconds: float) -> None:  # the client's back-off: free the slot meanwhile
@@ -300,8 +298,13 @@ def test_the_client_waits_retry_after_and_pushes_once_a_slot_is_free(
             holder.close()
             wait_for(lambda: staged(tmp_path) == [], "the held upload to be discarded")
 
-        with Client(server.url, writer, timeout=PATIENCE) as client:
-            client.sleep = sleep
-            pushed = client.push(adapter, "acme/bot", BASE)
+        try:
+            holder.send(1)
+            wait_for(lambda: len(staged(tmp_path)) == 1, "the writer's one upload in flight")
+            with Client(server.url, writer, timeout=PATIENCE) as client:
+                client.sleep = sleep
+                pushed = client.push(adapter, "acme/bot", BASE)
+        finally:
+            holder.close()
     assert waited == [5.0]  # Retry-After, not the client's own back-off
     assert pushed["created"] is True
