@@ -24,6 +24,9 @@ class AsyncBodyReader:
     takes to have ``n`` bytes (a message is often 64 KiB or less; a crossing costs about as
     much as handling one). Memory stays at ``n`` bytes plus one received chunk: the body is
     never spooled whole.
+
+    Its thread stays blocked while the loop waits for the client, so blob uploads no longer
+    use it (see :func:`receive_blob`).
     """
 
     def __init__(self, body: AsyncIterator[bytes]) -> None:
@@ -74,7 +77,7 @@ async def receive_blob(
             await anyio.to_thread.run_sync(writer.write, chunk, limiter=limiter)
         return await anyio.to_thread.run_sync(writer.commit, limiter=limiter)
     except BaseException:
-        with anyio.CancelScope(shield=True):  # a disconnect cancels us: still clean up
+        with anyio.CancelScope(shield=True):  # even when cancelled (a shutdown, say)
             await anyio.to_thread.run_sync(writer.abort, limiter=limiter)
         raise
 
@@ -85,6 +88,8 @@ async def _gather(body: AsyncIterator[bytes], read_timeout: float) -> bytes:
     held = 0
     while held < CHUNK_SIZE:
         try:
+            # A cancel scope per message costs about 8 us; uvicorn hands over ~250 KiB a
+            # message, so under 0.05 CPU s per GiB (a moved deadline saved too little).
             with anyio.fail_after(read_timeout):
                 part = await anext(body, b"")
         except TimeoutError:
