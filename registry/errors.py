@@ -28,6 +28,7 @@ Hierarchy::
      |    +-- DigestMismatch (422, digest_mismatch)
      |    +-- IncompatibleBase (422, incompatible_base)
      |    +-- IncompatiblePool (422, incompatible_pool)
+     |    +-- EngineRefused (422, engine_refused)
      |    +-- ValidationFailed (422, validation_failed)
      +-- Unauthenticated (401, unauthenticated, exit 5)
      +-- PermissionDenied (403, permission_denied, exit 5)
@@ -38,6 +39,7 @@ Hierarchy::
      +-- PayloadTooLarge (413, payload_too_large, exit 4)
      +-- TooManyRequests (429, too_many_requests, exit 6)
      +-- StorageError (503, storage_error, exit 6)
+     +-- EngineUnavailable (502, engine_unavailable, exit 6)
      +-- CorruptBlob (500, corrupt_blob, exit 4)
 
 ``extra`` holds fields that help the caller (for example both fingerprints of an
@@ -117,6 +119,15 @@ class IncompatiblePool(BadRequest):
     status_code = 422
     code = "incompatible_pool"
     title = "Incompatible with a serving pool"
+
+
+class EngineRefused(BadRequest):
+    """An inference engine (vLLM) refused an adapter; the detail carries the engine's own
+    text. Raised client-side (export's runtime mode), never by the API."""
+
+    status_code = 422
+    code = "engine_refused"
+    title = "Refused by the inference engine"
 
 
 class ValidationFailed(BadRequest):
@@ -200,6 +211,15 @@ class CorruptBlob(RegistryError):
     code = "corrupt_blob"
     title = "Stored blob is corrupt"
     exit_code = 4
+
+
+class EngineUnavailable(RegistryError):
+    """An inference engine could not be reached, or did not answer like one (client-side)."""
+
+    status_code = 502
+    code = "engine_unavailable"
+    title = "Inference engine unavailable"
+    exit_code = 6
 
 
 _BY_CODE: dict[str, type[RegistryError]] = {}

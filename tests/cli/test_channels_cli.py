@@ -426,7 +426,7 @@ def test_export_layout_for_vllm_filesystem_resolver(cli: Cli, tmp_path: Path) ->
     assert (out / "alpha").resolve().stat().st_ino == inode
 
     cli.ok("promote", f"exp/alpha@{a2}", "-c", "prod", "--now")
-    switched = cli.ok("export", "exp", "--channel", "prod", "--dir", str(out))
+    switched = cli.ok("export", "exp", "--channel", "prod", "--dir", str(out), "--drain", "0")
     changed = {a["name"]: (a["switched"], a["downloaded_bytes"] > 0)
                for a in switched["adapters"]}
     assert changed == {"alpha": (True, True), "beta": (False, False)}
@@ -461,14 +461,14 @@ def test_export_switches_atomically_under_readers(cli: Cli, tmp_path: Path) -> N
     try:
         for target in (v2, v1, v2):
             cli.ok("rollback", "swap/model:prod", "--to", str(target))
-            cli.ok("export", "swap", "--channel", "prod", "--dir", str(out))
+            cli.ok("export", "swap", "--channel", "prod", "--dir", str(out), "--drain", "0")
     finally:
         stop.set()
         reader.join()
     assert failures == []
     assert seen <= {"swap/model 1\n", "swap/model 2\n"} and len(seen) == 2
     assert folder_digests(out / "model") == expected[v2]
-    assert [p.name for p in (out / ".lorareg").iterdir() if p.name != ".lock"] == [
+    assert [p.name for p in (out / ".lorareg").iterdir() if not p.name.startswith(".")] == [
         os.readlink(out / "model").split("/")[1]]
 
 
@@ -480,7 +480,7 @@ def test_export_refuses_foreign_paths_and_removes_adapters_gone(cli: Cli, tmp_pa
     (out / ".lorareg" / "ghost@1-0123456789ab").mkdir(parents=True)
     (out / "ghost").symlink_to(".lorareg/ghost@1-0123456789ab")  # exported once, gone now
     (out / "mine").mkdir()  # somebody else's folder: never touched
-    result = cli.ok("export", "own", "--channel", "prod", "--dir", str(out))
+    result = cli.ok("export", "own", "--channel", "prod", "--dir", str(out), "--drain", "0")
     assert result["removed"] == ["ghost"] and result["pruned"] == ["ghost@1-0123456789ab"]
     assert not (out / "ghost").is_symlink() and (out / "mine").is_dir()
     (out / "kept").unlink()
@@ -488,6 +488,34 @@ def test_export_refuses_foreign_paths_and_removes_adapters_gone(cli: Cli, tmp_pa
     line = one_error(cli("export", "own", "--channel", "prod", "--dir", str(out)), 3)
     assert "is not a symlink lorareg export made" in line
     one_error(cli("export", "own", "--channel", "BAD", "--dir", str(out)), 4)
+
+
+def test_export_keeps_unused_links_and_folders_through_the_drain(cli: Cli, tmp_path: Path
+                                                                   ) -> None:
+    """An engine may still hold an old folder's path, or still be asked for an adapter that
+    left the channel: both stay until the drain has passed since the export first saw them
+    unused (the export used to delete the old folder right after switching)."""
+    v1, v2 = cli.push("drain/kept", "1"), cli.push("drain/kept", "2")
+    cli.ok("promote", f"drain/kept@{v1}", "-c", "prod", "--now")
+    out = tmp_path / "loras"
+    cli.ok("export", "drain", "--channel", "prod", "--dir", str(out))
+    old = (out / "kept").resolve()
+    (out / ".lorareg" / "gone@1-0123456789ab").mkdir()  # an adapter no longer on the channel
+    (out / ".lorareg" / "gone@1-0123456789ab" / "adapter_config.json").write_text("{}")
+    (out / "gone").symlink_to(".lorareg/gone@1-0123456789ab")
+    cli.ok("promote", f"drain/kept@{v2}", "-c", "prod", "--now")
+    kept = cli.ok("export", "drain", "--channel", "prod", "--dir", str(out))
+    assert kept["removed"] == [] and kept["pruned"] == [] and old.is_dir()
+    assert (out / "gone" / "adapter_config.json").is_file()
+    assert sorted(kept["draining"]) == ["folder:gone@1-0123456789ab", f"folder:{old.name}",
+                                        "link:gone"]
+    assert (out / "kept").resolve() != old  # the switch itself is not delayed
+    again = cli.ok("export", "drain", "--channel", "prod", "--dir", str(out), "--drain", "1h")
+    assert again["removed"] == [] and again["pruned"] == [] and old.is_dir()
+    done = cli.ok("export", "drain", "--channel", "prod", "--dir", str(out), "--drain", "0")
+    assert done["removed"] == ["gone"] and not (out / "gone").is_symlink()
+    assert sorted(done["pruned"]) == ["gone@1-0123456789ab", old.name] and not old.exists()
+    assert done["draining"] == {}
 
 
 def test_help_lists_the_channel_commands(cli: Cli) -> None:
