@@ -174,7 +174,8 @@ def test_slow_uploads_do_not_starve_the_server(fresh_db_url: str, tmp_path: Path
                 # as the pool has threads: the server used to stop answering here.
                 wait_for(lambda: len(staged(tmp_path)) >= POOL, "the slow uploads to start")
                 answers = still_served(server, victim, adapter)
-                assert len(staged(tmp_path)) == SLOW_UPLOADS  # all of them, still in flight
+                # All of them in flight at once, none finished or refused: the attack is real.
+                wait_for(lambda: len(staged(tmp_path)) == SLOW_UPLOADS, "all slow uploads")
         finally:
             for upload in uploads:
                 upload.close()
@@ -275,10 +276,14 @@ def test_a_token_over_its_upload_cap_gets_429_before_its_body_is_read(
         wait_for(lambda: staged(tmp_path) == [], "the held uploads' staging files to go")
         refused = [third.digest, *(h.digest for h in holders)]
         assert sorted(missing(server, refused)) == sorted(refused)
-        # The slots are free again.
-        again = httpx.put(f"{server.url}/api/v1/blobs/{third.digest}", content=third.data,
-                          headers={"Authorization": f"Bearer {writer}"}, timeout=PATIENCE)
-        assert again.status_code == 201
+        # The slots are free again (a moment after the staging files go: retry a 429).
+        def stored_again() -> bool:
+            again = httpx.put(f"{server.url}/api/v1/blobs/{third.digest}", content=third.data,
+                              headers={"Authorization": f"Bearer {writer}"}, timeout=PATIENCE)
+            assert again.status_code in (201, 429)
+            return again.status_code == 201
+
+        wait_for(stored_again, "the writer's slots to be free again")
 
 
 def test_the_client_waits_retry_after_and_pushes_once_a_slot_is_free(
@@ -292,11 +297,12 @@ def test_the_client_waits_retry_after_and_pushes_once_a_slot_is_free(
         writer = make_token(fresh_db_url, "writer", None, "ci")
         holder = RawUpload(server, writer, slow_payload(1))
         waited: list[float] = []
+        finished: list[int] = []
 
         def sleep(seconds: float) -> None:  # the client's back-off: free the slot meanwhile
             waited.append(seconds)
-            holder.close()
-            wait_for(lambda: staged(tmp_path) == [], "the held upload to be discarded")
+            holder.send(len(holder.data) - holder.sent)
+            finished.append(holder.response()[0])  # answered: its slot is free again
 
         try:
             holder.send(1)
@@ -307,4 +313,5 @@ def test_the_client_waits_retry_after_and_pushes_once_a_slot_is_free(
         finally:
             holder.close()
     assert waited == [5.0]  # Retry-After, not the client's own back-off
+    assert finished == [201]
     assert pushed["created"] is True
