@@ -23,6 +23,17 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from registry.statuses import (
+    CompatStatus,
+    DeliveryStatus,
+    GateVerdict,
+    JobStatus,
+    PausedBy,
+    RolloutStatus,
+    StatusType,
+    VersionStatus,
+)
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on both backends (SQLite stores them naive)."""
@@ -182,12 +193,12 @@ class AdapterVersion(Base):
     base_model_id: Mapped[int | None] = mapped_column(
         ForeignKey("base_models.id", ondelete="RESTRICT"), nullable=True
     )
-    # "verified": shapes checked against a registered base's manifest; "unverified": the
-    # base was not registered at push time (checked when it is).
-    compat_status: Mapped[str] = mapped_column(String(16), default="unverified")
+    compat_status: Mapped[CompatStatus] = mapped_column(
+        StatusType(CompatStatus), default=CompatStatus.UNVERIFIED)
     provenance: Mapped[json_dict]
     pushed_by: Mapped[str] = mapped_column(String(128), default="")
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[VersionStatus] = mapped_column(
+        StatusType(VersionStatus), default=VersionStatus.ACTIVE)
     yank_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     yanked_at: Mapped[opt_timestamp]
     total_size: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -291,7 +302,7 @@ class Job(Base):
     id: Mapped[intpk]
     kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[json_dict]
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[JobStatus] = mapped_column(StatusType(JobStatus), default=JobStatus.QUEUED)
     namespace: Mapped[str | None] = mapped_column(String(64), nullable=True)
     target: Mapped[str] = mapped_column(String(512), default="")
     # Equal keys mean equal work: a second request joins the queued/running job.
@@ -413,8 +424,9 @@ class Rollout(Base):
                                                        ondelete="RESTRICT"))
     baseline_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("adapter_versions.id", ondelete="RESTRICT"), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
-    paused_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    status: Mapped[RolloutStatus] = mapped_column(
+        StatusType(RolloutStatus), default=RolloutStatus.PENDING)
+    paused_by: Mapped[PausedBy | None] = mapped_column(StatusType(PausedBy), nullable=True)
     steps: Mapped[list[int]] = mapped_column(JSON)
     step_index: Mapped[int] = mapped_column(Integer, default=-1)
     interval_seconds: Mapped[int] = mapped_column(Integer)
@@ -445,7 +457,7 @@ class GateEvaluation(Base):
     rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
     step_index: Mapped[int] = mapped_column(Integer)
     gate: Mapped[str] = mapped_column(String(256))
-    verdict: Mapped[str] = mapped_column(String(16))
+    verdict: Mapped[GateVerdict] = mapped_column(StatusType(GateVerdict))
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
     threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")
@@ -506,7 +518,8 @@ class WebhookDelivery(Base):
     id: Mapped[intpk]
     webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
     event_id: Mapped[int] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[DeliveryStatus] = mapped_column(
+        StatusType(DeliveryStatus), default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[timestamp]
     last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)

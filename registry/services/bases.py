@@ -32,6 +32,7 @@ from registry.services import audit
 from registry.services import blobs as blob_service
 from registry.services.context import Actor
 from registry.services.inspect import inspect_adapter
+from registry.statuses import CompatStatus
 
 MAX_TENSORS = 200_000
 
@@ -132,7 +133,7 @@ def verify_pending(
     stmt = select(AdapterVersion).where(
         AdapterVersion.base_hub_id == base.hub_id,
         AdapterVersion.base_revision == base.revision,
-        AdapterVersion.compat_status == "unverified",
+        AdapterVersion.compat_status == CompatStatus.UNVERIFIED,
     )
     shapes = manifest_shapes(base)
     checked = list(session.scalars(stmt))
@@ -154,7 +155,7 @@ def _verify_one(
         mismatches = check_against_base(layout, shapes)
     except InvalidAdapter as exc:
         mismatches = [exc.detail]
-    version.compat_status = "incompatible" if mismatches else "verified"
+    version.compat_status = CompatStatus.INCOMPATIBLE if mismatches else CompatStatus.VERIFIED
     if not mismatches:
         version.base_model = base
     name = f"{version.adapter.full_name}@{version.number}"
@@ -165,7 +166,7 @@ def _verify_one(
 
 def check_adapter_fits(
     session: Session, hub_id: str, revision: str, layout: AdapterLayout
-) -> tuple[BaseModel | None, str]:
+) -> tuple[BaseModel | None, CompatStatus]:
     """Check an adapter against a registered base's tensor manifest.
 
     Returns ``(base, "verified")`` when it fits, ``(None, "unverified")`` when no base is
@@ -173,9 +174,9 @@ def check_adapter_fits(
     """
     base = find_base(session, hub_id, revision)
     if base is None:
-        return None, "unverified"
+        return None, CompatStatus.UNVERIFIED
     ensure_compatible_shapes(layout, manifest_shapes(base))
-    return base, "verified"
+    return base, CompatStatus.VERIFIED
 
 
 def tensors_of(base: BaseModel) -> Sequence[TensorEntry]:

@@ -22,6 +22,7 @@ from registry.refs import check_channel
 from registry.services import adapters, audit, desired_sets, metrics, profiles
 from registry.services.context import Actor
 from registry.services.pagination import Page, paginate_by_id
+from registry.statuses import CompatStatus, VersionStatus
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,10 @@ def check_promotable(session: Session, channel: Channel, version: AdapterVersion
     name = f"{version.adapter.full_name}@{version.number}"
     if version.adapter_id != channel.adapter_id:
         raise Conflict(f"{name} belongs to another adapter than channel {_name(channel)}")
-    if version.status == "yanked":
+    if version.status == VersionStatus.YANKED:
         raise Conflict(f"{name} is yanked ({version.yank_reason}) and cannot be promoted")
     fingerprint = version.base_model.fingerprint if version.base_model else None
-    if fingerprint is None or version.compat_status != "verified":
+    if fingerprint is None or version.compat_status != CompatStatus.VERIFIED:
         raise IncompatibleBase(
             f"{name} is not verified against a registered base "
             f"({version.base_hub_id}@{version.base_revision}): register the base first")

@@ -38,6 +38,7 @@ from registry.served_names import served_name
 from registry.services import audit, serving_compat, version_tensors
 from registry.services.context import Actor
 from registry.services.serving_compat import Candidate, Engine
+from registry.statuses import CompatStatus
 
 MAX_LEFT = 200  # ended stays listed with a desired set
 Live = dict[int, tuple[AdapterVersion, list[str]]]  # version id -> (version, why it is there)
@@ -68,7 +69,7 @@ def engine_of(pool: ServingPool) -> Engine:
 def candidate(version: AdapterVersion, tensors: version_tensors.Tensors | None) -> Candidate:
     return Candidate(ref(version), version.peft_config,
                      version.base_model.fingerprint if version.base_model else None,
-                     version.compat_status == "verified", tensors)
+                     version.compat_status == CompatStatus.VERIFIED, tensors)
 
 
 def served(version: AdapterVersion) -> str:

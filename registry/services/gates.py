@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from registry.errors import BadRequest
+from registry.statuses import GateVerdict
 
 GATE_RE = re.compile(
     r"^\s*(eval|live)\.([A-Za-z0-9_.\-/]+)\s*(>=|<=|==|!=|>|<)\s*"
@@ -64,7 +65,7 @@ class Gate:
 @dataclass(frozen=True)
 class Verdict:
     gate: str
-    verdict: str  # pass | fail | inconclusive
+    verdict: GateVerdict
     value: float | None
     threshold: float | None
     detail: str
@@ -90,11 +91,12 @@ def evaluate(gate: Gate, value: float | None, baseline: float | None) -> Verdict
     """Compare ``value`` with the gate's threshold (from ``baseline`` when relative)."""
     threshold = gate.threshold(baseline)
     if value is None or not math.isfinite(value):
-        return Verdict(gate.text, "inconclusive", value, threshold,
+        return Verdict(gate.text, GateVerdict.INCONCLUSIVE, value, threshold,
                        f"no {gate.source} data for {gate.key} on the candidate")
     if threshold is None:
-        return Verdict(gate.text, "inconclusive", value, None,
+        return Verdict(gate.text, GateVerdict.INCONCLUSIVE, value, None,
                        f"no {gate.source} data for {gate.key} on the stable version")
     ok = OPS[gate.op](value, threshold)
     detail = f"{gate.key} = {value:.6g} {'meets' if ok else 'fails'} {gate.op} {threshold:.6g}"
-    return Verdict(gate.text, "pass" if ok else "fail", value, threshold, detail)
+    verdict = GateVerdict.PASS if ok else GateVerdict.FAIL
+    return Verdict(gate.text, verdict, value, threshold, detail)

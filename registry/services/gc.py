@@ -39,6 +39,7 @@ from registry.models import (
 )
 from registry.services import audit, channels
 from registry.services.context import Actor
+from registry.statuses import VersionStatus
 
 
 @dataclass
@@ -140,7 +141,7 @@ def apply_retention(session: Session, actor: Actor, *, dry_run: bool = True
     report = RetentionReport(dry_run)
     for adapter in session.scalars(select(Adapter).where(Adapter.keep_last.is_not(None))):
         rows = list(session.scalars(select(AdapterVersion).where(
-            AdapterVersion.adapter_id == adapter.id, AdapterVersion.status == "active")
+            AdapterVersion.adapter_id == adapter.id, AdapterVersion.status == VersionStatus.ACTIVE)
             .order_by(AdapterVersion.number.desc())))
         assert adapter.keep_last is not None
         old = rows[adapter.keep_last:]
@@ -150,7 +151,7 @@ def apply_retention(session: Session, actor: Actor, *, dry_run: bool = True
                 continue
             report.yanked.append(f"{adapter.full_name}@{version.number}")
             if not dry_run:
-                version.status, version.yank_reason = "yanked", (
+                version.status, version.yank_reason = VersionStatus.YANKED, (
                     f"retention: keep the last {adapter.keep_last} versions")
                 version.yanked_at = utcnow()
                 audit.record(session, actor, "version.yanked", "version",

@@ -26,15 +26,14 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from registry.errors import BadRequest, Conflict, NotFound
+from registry import statuses
+from registry.errors import Conflict, NotFound
 from registry.models import Job, utcnow
 from registry.services import audit
 from registry.services.context import Actor
 from registry.services.pagination import Page, paginate_by_id
+from registry.statuses import JOB_ACTIVE, JOB_FINAL, JobStatus
 
-ACTIVE = ("queued", "running")
-FINAL = ("succeeded", "failed", "cancelled")
-STATUSES = ACTIVE + FINAL
 BACKOFF_BASE = timedelta(seconds=5)
 BACKOFF_MAX = timedelta(minutes=10)
 
@@ -55,7 +54,7 @@ def enqueue(
     """Queue a job, or return the active job with the same ``dedupe_key``: ``(job, created)``."""
     if dedupe_key:
         existing = session.scalar(
-            select(Job).where(Job.dedupe_key == dedupe_key, Job.status.in_(ACTIVE))
+            select(Job).where(Job.dedupe_key == dedupe_key, Job.status.in_(JOB_ACTIVE))
             .order_by(Job.id).limit(1)
         )
         if existing is not None:
@@ -81,17 +80,15 @@ def get_job(session: Session, job_id: int, *, for_update: bool = False) -> Job:
 
 
 def list_jobs(
-    session: Session, *, scope: Sequence[str] | None = None, status: str | None = None,
-    kind: str | None = None, target: str | None = None, cursor: str | None = None,
-    limit: int = 50,
+    session: Session, *, scope: Sequence[str] | None = None,
+    status: JobStatus | str | None = None, kind: str | None = None, target: str | None = None,
+    cursor: str | None = None, limit: int = 50,
 ) -> Page[Job]:
     stmt = select(Job)
     if scope is not None:
         stmt = stmt.where(Job.namespace.in_(scope))
     if status:
-        if status not in STATUSES:
-            raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
-        stmt = stmt.where(Job.status == status)
+        stmt = stmt.where(Job.status == statuses.parse(JobStatus, status))
     if kind:
         stmt = stmt.where(Job.kind == kind)
     if target:
@@ -106,8 +103,8 @@ def claim(
     """Take the oldest runnable job for ``worker_id`` (see the module docstring)."""
     now = db_now(session)
     runnable = or_(
-        (Job.status == "queued") & (Job.run_after <= now),
-        (Job.status == "running") & (Job.lease_expires_at < now),
+        (Job.status == JobStatus.QUEUED) & (Job.run_after <= now),
+        (Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now),
     )
     stmt = select(Job).where(runnable).order_by(Job.id).limit(1)
     if kinds:
@@ -115,11 +112,12 @@ def claim(
     job = session.scalar(stmt.with_for_update(skip_locked=True))
     if job is None:
         return None
-    if job.status == "running" and job.attempts >= job.max_attempts:
-        _finish(job, "failed", now, error=f"worker {job.worker_id} lost its lease on the last "
-                                         f"attempt ({job.attempts}/{job.max_attempts})")
+    if job.status == JobStatus.RUNNING and job.attempts >= job.max_attempts:
+        _finish(job, JobStatus.FAILED, now,
+                error=f"worker {job.worker_id} lost its lease on the last attempt "
+                      f"({job.attempts}/{job.max_attempts})")
         return claim(session, worker_id, kinds=kinds, lease=lease)
-    job.status, job.worker_id = "running", worker_id
+    job.status, job.worker_id = JobStatus.RUNNING, worker_id
     job.attempts += 1
     job.lease_expires_at, job.heartbeat_at = now + lease, now
     job.started_at = job.started_at or now
@@ -144,14 +142,14 @@ def heartbeat(
 
 def _held(session: Session, job_id: int, worker_id: str) -> Job:
     job = get_job(session, job_id, for_update=True)
-    if job.status != "running" or job.worker_id != worker_id:
+    if job.status != JobStatus.RUNNING or job.worker_id != worker_id:
         raise Conflict(f"job {job_id} is no longer held by worker {worker_id}")
     return job
 
 
 def complete(session: Session, job_id: int, worker_id: str, result: dict[str, Any]) -> Job:
     job = _held(session, job_id, worker_id)
-    _finish(job, "succeeded", db_now(session), result=result)
+    _finish(job, JobStatus.SUCCEEDED, db_now(session), result=result)
     job.progress = 1.0
     _audit_end(session, job)
     return job
@@ -168,10 +166,10 @@ def fail(
     job.error_code = error_code
     if retry and job.attempts < job.max_attempts:
         delay = min(BACKOFF_BASE * 2 ** (job.attempts - 1), BACKOFF_MAX)
-        job.status, job.run_after, job.error = "queued", now + delay, error
+        job.status, job.run_after, job.error = JobStatus.QUEUED, now + delay, error
         job.worker_id = job.lease_expires_at = None
         return job
-    _finish(job, "failed", now, error=error)
+    _finish(job, JobStatus.FAILED, now, error=error)
     job.error_code = error_code
     _audit_end(session, job)
     return job
@@ -180,7 +178,7 @@ def fail(
 def release(session: Session, job_id: int, worker_id: str) -> Job:
     """Give a job back untouched (graceful shutdown): the attempt does not count."""
     job = _held(session, job_id, worker_id)
-    job.status, job.worker_id, job.lease_expires_at = "queued", None, None
+    job.status, job.worker_id, job.lease_expires_at = JobStatus.QUEUED, None, None
     job.attempts = max(0, job.attempts - 1)
     job.run_after = db_now(session)
     return job
@@ -189,11 +187,11 @@ def release(session: Session, job_id: int, worker_id: str) -> Job:
 def request_cancel(session: Session, actor: Actor, job_id: int) -> Job:
     """Cancel a queued job at once; ask a running one to stop between tensors."""
     job = get_job(session, job_id, for_update=True)
-    if job.status in FINAL:
+    if job.status in JOB_FINAL:
         raise Conflict(f"job {job_id} already {job.status}")
     job.cancel_requested = True
-    if job.status == "queued":
-        _finish(job, "cancelled", db_now(session))
+    if job.status == JobStatus.QUEUED:
+        _finish(job, JobStatus.CANCELLED, db_now(session))
     audit.record(session, actor, "job.cancel_requested", "job", str(job.id),
                  namespace=job.namespace, payload={"status": job.status})
     return job
@@ -201,7 +199,7 @@ def request_cancel(session: Session, actor: Actor, job_id: int) -> Job:
 
 def mark_cancelled(session: Session, job_id: int, worker_id: str) -> Job:
     job = _held(session, job_id, worker_id)
-    _finish(job, "cancelled", db_now(session))
+    _finish(job, JobStatus.CANCELLED, db_now(session))
     _audit_end(session, job)
     return job
 
@@ -210,7 +208,7 @@ def cancel_requested(session: Session, job_id: int) -> bool:
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def _finish(job: Job, status: str, now: datetime, *, result: dict[str, Any] | None = None,
+def _finish(job: Job, status: JobStatus, now: datetime, *, result: dict[str, Any] | None = None,
             error: str | None = None) -> None:
     job.status, job.finished_at = status, now
     job.worker_id, job.lease_expires_at = None, None
@@ -226,6 +224,6 @@ def _audit_end(session: Session, job: Job) -> None:
 def queue_stats(session: Session) -> dict[str, Any]:
     """Queue depth per status and the age of the oldest queued job (for /metrics)."""
     counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-    oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == "queued"))
+    oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED))
     age = (db_now(session) - oldest).total_seconds() if oldest else 0.0
-    return {"counts": {s: int(counts.get(s, 0)) for s in STATUSES}, "oldest_queued_age": age}
+    return {"counts": {s: int(counts.get(s, 0)) for s in JobStatus}, "oldest_queued_age": age}

@@ -18,6 +18,7 @@ from registry.models import AdapterVersion, BaseModel, Job, MergedArtifact, Merg
 from registry.services import audit, bases, jobs
 from registry.services import blobs as blob_service
 from registry.services.context import Actor
+from registry.statuses import CompatStatus, VersionStatus
 
 MERGE = "merge"
 
@@ -32,7 +33,7 @@ class MergeRequest:
 def merge_base(session: Session, version: AdapterVersion, base_id: int | None) -> BaseModel:
     """The base to merge onto: the version's verified base, or a registered base with the
     same fingerprint. Refuses unregistered, unverified and different-weights bases."""
-    if version.compat_status == "incompatible":
+    if version.compat_status == CompatStatus.INCOMPATIBLE:
         raise IncompatibleBase(f"{_name(version)} does not fit its registered base")
     base = version.base_model
     if base is None:
@@ -71,7 +72,7 @@ def request_merge(
     session: Session, actor: Actor, version: AdapterVersion, base_id: int | None = None
 ) -> MergeRequest:
     """Return the existing artifact, the active job, or a newly queued merge job."""
-    if version.status == "yanked":
+    if version.status == VersionStatus.YANKED:
         raise Conflict(f"{_name(version)} is yanked ({version.yank_reason})")
     base = merge_base(session, version, base_id)
     artifact = find_artifact(session, version, base.fingerprint)

@@ -40,6 +40,7 @@ from registry.services import adapters, audit, bases, channels, serving_compat, 
 from registry.services import desired_sets as sets
 from registry.services import versions as version_service
 from registry.services.context import Actor
+from registry.statuses import VersionStatus
 from registry.vllm_architectures import DEFAULT_MAX_LORA_RANK
 
 MAX_DRAIN_SECONDS = 30 * 86400
@@ -210,7 +211,8 @@ def bind(session: Session, actor: Actor, store: BlobStore, pool: ServingPool, ch
     session.refresh(channel)
     pool = sets.lock(session, [pool.id])[0]
     active = session.scalars(select(AdapterVersion).where(
-        AdapterVersion.adapter_id == adapter.id, AdapterVersion.status == "active")).all()
+        AdapterVersion.adapter_id == adapter.id,
+        AdapterVersion.status == VersionStatus.ACTIVE)).all()
     version_tensors.ensure(session, store, [*active, *sets.serves(channel)])
     if session.get(PoolBinding, (pool.id, channel.id)) is not None:
         return channel

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from registry.errors import BadRequest
 from registry.models import AdapterVersion
 from registry.services import merges, serving_compat, version_tensors
+from registry.statuses import CompatStatus
 
 PROFILES = ("any", "vllm", "merged")
 VLLM_MAX_RANK = serving_compat.VLLM_PROFILE.max_lora_rank  # vLLM's --max-lora-rank default
@@ -39,7 +40,7 @@ def problems(session: Session, version: AdapterVersion, profile: str,
         tensors = version_tensors.stored(session, [version.id]).get(version.id)
         return serving_compat.version_problems(engine, serving_compat.Candidate(
             f"{version.adapter.full_name}@{version.number}", version.peft_config, None,
-            version.compat_status == "verified", tensors))
+            version.compat_status == CompatStatus.VERIFIED, tensors))
     if profile == "merged":
         try:
             merges.latest_artifact(session, version)

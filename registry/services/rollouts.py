@@ -31,8 +31,8 @@ from registry.services import channels, gates, live, metrics, versions
 from registry.services.channels import Change
 from registry.services.context import Actor
 from registry.services.jobs import db_now
+from registry.statuses import ROLLOUT_ACTIVE, GateVerdict, PausedBy, RolloutStatus
 
-ACTIVE = ("pending", "progressing", "paused")
 CONTROLLER = Actor("rollout-controller")
 
 
@@ -77,7 +77,7 @@ def start(session: Session, channel: Channel, version: AdapterVersion, change: C
     now = db_now(session)
     rollout = Rollout(
         channel_id=channel.id, version_id=version.id, baseline_version_id=channel.stable.id,
-        status="pending", steps=spec.steps, interval_seconds=spec.interval_seconds,
+        status=RolloutStatus.PENDING, steps=spec.steps, interval_seconds=spec.interval_seconds,
         gates=spec.gates, max_failures=spec.max_failures, min_requests=spec.min_requests,
         deadline_at=now + timedelta(seconds=spec.deadline_seconds) if spec.deadline_seconds
         else None, created_by=change.actor.name, reason=change.reason,
@@ -111,20 +111,20 @@ def evaluations(session: Session, rollout: Rollout) -> list[GateEvaluation]:
 def pause(session: Session, rollout: Rollout, change: Change) -> Rollout:
     """Hold the canary at its weight until resumed (an analysis pause becomes manual)."""
     _require_active(rollout)
-    if rollout.paused_by == "manual":
+    if rollout.paused_by == PausedBy.MANUAL:
         raise Conflict(f"rollout {rollout.id} is already paused")
     channel = _locked_channel(session, rollout, change)
-    rollout.status, rollout.paused_by = "paused", "manual"
+    rollout.status, rollout.paused_by = RolloutStatus.PAUSED, PausedBy.MANUAL
     _transition(session, rollout, channel, change.actor, "rollout.paused", change.reason)
     return rollout
 
 
 def resume(session: Session, rollout: Rollout, change: Change) -> Rollout:
-    if rollout.status != "paused":
+    if rollout.status != RolloutStatus.PAUSED:
         raise Conflict(f"rollout {rollout.id} is {rollout.status}, not paused")
     channel = _locked_channel(session, rollout, change)
     now = db_now(session)
-    rollout.status, rollout.paused_by = "progressing", None
+    rollout.status, rollout.paused_by = RolloutStatus.PROGRESSING, None
     rollout.next_eval_at = now + timedelta(seconds=rollout.interval_seconds)
     _transition(session, rollout, channel, change.actor, "rollout.resumed", change.reason)
     return rollout
@@ -146,7 +146,7 @@ def rollback(session: Session, channel: Channel, change: Change, to_number: int 
     target = _rollback_target(session, channel, to_number)
     if channel.rollout_id is not None:
         rollout = get_rollout(session, channel.rollout_id, for_update=True)
-        _finish(rollout, "aborted", db_now(session), f"rolled back: {change.reason}")
+        _finish(rollout, RolloutStatus.ABORTED, db_now(session), f"rolled back: {change.reason}")
     channels.check_promotable(session, channel, target, new_base=True)
     channels.set_stable(session, channel, target, change, "rollback")
     return channel
@@ -197,10 +197,11 @@ def tick(session: Session, *, limit: int = 20) -> list[int]:
     """Advance every due rollout by one decision; returns the ids acted on."""
     now = db_now(session)
     due = or_(
-        Rollout.status.in_(("pending", "progressing")) & (Rollout.next_eval_at <= now),
-        (Rollout.status == "paused") & (Rollout.paused_by == "analysis")
+        Rollout.status.in_((RolloutStatus.PENDING, RolloutStatus.PROGRESSING))
         & (Rollout.next_eval_at <= now),
-        Rollout.status.in_(ACTIVE) & (Rollout.deadline_at <= now),
+        (Rollout.status == RolloutStatus.PAUSED) & (Rollout.paused_by == PausedBy.ANALYSIS)
+        & (Rollout.next_eval_at <= now),
+        Rollout.status.in_(ROLLOUT_ACTIVE) & (Rollout.deadline_at <= now),
     )
     stmt = (select(Rollout).where(due).order_by(Rollout.next_eval_at).limit(limit)
             .with_for_update(of=Rollout, skip_locked=True))
@@ -217,18 +218,18 @@ def _decide(session: Session, rollout: Rollout, channel: Channel, now: datetime)
     if rollout.deadline_at is not None and rollout.deadline_at <= now:
         _abort(session, rollout, channel, CONTROLLER, "deadline passed before promotion")
         return
-    if rollout.status == "pending":
+    if rollout.status == RolloutStatus.PENDING:
         _begin_step(session, rollout, 0, now, CONTROLLER)
         return
     results = _evaluate(session, rollout, channel, now)
     verdicts = {r.verdict for r in results}
-    if "fail" in verdicts:
+    if GateVerdict.FAIL in verdicts:
         _failed(session, rollout, channel, now, results)
-    elif "inconclusive" in verdicts:
+    elif GateVerdict.INCONCLUSIVE in verdicts:
         _inconclusive(session, rollout, channel, now, results)
     elif rollout.step_index + 1 < len(rollout.steps):
-        if rollout.status == "paused":
-            rollout.status, rollout.paused_by = "progressing", None
+        if rollout.status == RolloutStatus.PAUSED:
+            rollout.status, rollout.paused_by = RolloutStatus.PROGRESSING, None
         _begin_step(session, rollout, rollout.step_index + 1, now, CONTROLLER)
     else:
         _promote(session, rollout, channel, now)
@@ -276,7 +277,7 @@ def _baseline_version(session: Session, rollout: Rollout, channel: Channel,
 def _begin_step(session: Session, rollout: Rollout, index: int, now: datetime,
                 actor: Actor) -> None:
     channel = session.get_one(Channel, rollout.channel_id)
-    rollout.status, rollout.step_index = "progressing", index
+    rollout.status, rollout.step_index = RolloutStatus.PROGRESSING, index
     rollout.step_started_at, rollout.updated_at = now, now
     rollout.next_eval_at = now + timedelta(seconds=rollout.interval_seconds)
     channel.canary_weight_bp = rollout.steps[index] * 100
@@ -286,7 +287,7 @@ def _begin_step(session: Session, rollout: Rollout, index: int, now: datetime,
 
 def _failed(session: Session, rollout: Rollout, channel: Channel, now: datetime,
             results: Sequence[gates.Verdict]) -> None:
-    failed = "; ".join(r.detail for r in results if r.verdict == "fail")
+    failed = "; ".join(r.detail for r in results if r.verdict == GateVerdict.FAIL)
     rollout.failures += 1
     if rollout.failures > rollout.max_failures:
         _abort(session, rollout, channel, CONTROLLER, f"gates failed: {failed}")
@@ -299,17 +300,17 @@ def _failed(session: Session, rollout: Rollout, channel: Channel, now: datetime,
 
 def _inconclusive(session: Session, rollout: Rollout, channel: Channel, now: datetime,
                   results: Sequence[gates.Verdict]) -> None:
-    why = "; ".join(r.detail for r in results if r.verdict == "inconclusive")
+    why = "; ".join(r.detail for r in results if r.verdict == GateVerdict.INCONCLUSIVE)
     rollout.next_eval_at = now + timedelta(seconds=rollout.interval_seconds)
-    if rollout.status != "paused":
-        rollout.status, rollout.paused_by = "paused", "analysis"
+    if rollout.status != RolloutStatus.PAUSED:
+        rollout.status, rollout.paused_by = RolloutStatus.PAUSED, PausedBy.ANALYSIS
         _transition(session, rollout, channel, CONTROLLER, "rollout.paused",
                     f"inconclusive analysis: {why}")
 
 
 def _promote(session: Session, rollout: Rollout, channel: Channel, now: datetime) -> None:
     version = session.get_one(AdapterVersion, rollout.version_id)
-    _finish(rollout, "promoted", now, "all steps passed")
+    _finish(rollout, RolloutStatus.PROMOTED, now, "all steps passed")
     channels.set_stable(session, channel, version, Change(CONTROLLER, reason="rollout "
                                                           f"{rollout.id} promoted"),
                         "rollout.promoted", rollout_id=rollout.id)
@@ -317,7 +318,7 @@ def _promote(session: Session, rollout: Rollout, channel: Channel, now: datetime
 
 def _abort(session: Session, rollout: Rollout, channel: Channel, actor: Actor,
            reason: str) -> None:
-    _finish(rollout, "aborted", db_now(session), reason)
+    _finish(rollout, RolloutStatus.ABORTED, db_now(session), reason)
     channel.canary = None
     channel.canary_weight_bp = 0
     channel.rollout_id = None
@@ -325,7 +326,7 @@ def _abort(session: Session, rollout: Rollout, channel: Channel, actor: Actor,
                     rollout_id=rollout.id)
 
 
-def _finish(rollout: Rollout, status: str, now: datetime, reason: str) -> None:
+def _finish(rollout: Rollout, status: RolloutStatus, now: datetime, reason: str) -> None:
     rollout.status, rollout.reason = status, reason
     rollout.finished_at = rollout.updated_at = now
     rollout.next_eval_at = None
@@ -341,7 +342,7 @@ def _transition(session: Session, rollout: Rollout, channel: Channel, actor: Act
 
 
 def _require_active(rollout: Rollout) -> None:
-    if rollout.status not in ACTIVE:
+    if rollout.status not in ROLLOUT_ACTIVE:
         raise Conflict(f"rollout {rollout.id} is already {rollout.status}")
 
 

@@ -34,6 +34,7 @@ from registry.services.pagination import (
     Page,
     paginate,
 )
+from registry.statuses import VersionStatus, parse
 
 PROVENANCE_KEYS = {"git_commit", "git_repo", "ci_run_url", "ci_job", "pushed_by", "source"}
 MAX_PROVENANCE_VALUE = 2048
@@ -212,7 +213,7 @@ def get_version(session: Session, ref: Ref) -> AdapterVersion:
         version = session.scalars(stmt.where(AdapterVersion.number == ref.version)).unique().first()
     else:
         version = session.scalars(
-            stmt.where(AdapterVersion.status == "active")
+            stmt.where(AdapterVersion.status == VersionStatus.ACTIVE)
             .order_by(AdapterVersion.number.desc()).limit(1)
         ).unique().first()
     if version is None:
@@ -266,7 +267,7 @@ class VersionQuery:
     adapter: str | None = None
     namespace: str | None = None
     scope: Sequence[str] | None = None
-    status: str | None = None
+    status: VersionStatus | str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     base: str | None = None
     metrics: list[MetricFilter] = field(default_factory=list)
@@ -285,9 +286,7 @@ def _filtered(session: Session, q: VersionQuery) -> Select[Any]:
     if q.scope is not None:
         stmt = stmt.where(Namespace.name.in_(q.scope))
     if q.status:
-        if q.status not in ("active", "yanked"):
-            raise BadRequest("status must be active or yanked")
-        stmt = stmt.where(AdapterVersion.status == q.status)
+        stmt = stmt.where(AdapterVersion.status == parse(VersionStatus, q.status))
     for key, value in q.labels.items():
         stmt = stmt.where(exists().where(
             VersionLabel.version_id == AdapterVersion.id, VersionLabel.key == key,
@@ -331,18 +330,18 @@ def yank(session: Session, actor: Actor, ref: Ref, reason: str) -> AdapterVersio
     if not reason.strip():
         raise BadRequest("yanking needs a reason")
     version = _locked(session, ref)
-    if version.status == "yanked":
+    if version.status == VersionStatus.YANKED:
         raise Conflict(f"{ref} is already yanked ({version.yank_reason})")
-    version.status, version.yank_reason, version.yanked_at = "yanked", reason, utcnow()
+    version.status, version.yank_reason, version.yanked_at = VersionStatus.YANKED, reason, utcnow()
     _audit(session, actor, version, "version.yanked", {"reason": reason})
     return version
 
 
 def unyank(session: Session, actor: Actor, ref: Ref, reason: str = "") -> AdapterVersion:
     version = _locked(session, ref)
-    if version.status != "yanked":
+    if version.status != VersionStatus.YANKED:
         raise Conflict(f"{ref} is not yanked")
-    version.status, version.yank_reason, version.yanked_at = "active", None, None
+    version.status, version.yank_reason, version.yanked_at = VersionStatus.ACTIVE, None, None
     _audit(session, actor, version, "version.unyanked", {"reason": reason})
     return version
 

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from registry.egress import Guard, guarded_client
 from registry.errors import BadRequest, NotFound, PermissionDenied
 from registry.models import AuditEvent, Webhook, WebhookDelivery, WebhookEvent, utcnow
+from registry.statuses import DeliveryStatus
 
 EVENT_TYPES = (
     "version.pushed", "metrics.logged", "version.yanked", "version.unyanked",
@@ -146,7 +147,7 @@ def redeliver(session: Session, delivery_id: int) -> WebhookDelivery:
     row = session.get(WebhookDelivery, delivery_id, with_for_update=True)
     if row is None:
         raise NotFound(f"delivery {delivery_id} not found")
-    row.status, row.next_attempt_at = "pending", utcnow()
+    row.status, row.next_attempt_at = DeliveryStatus.PENDING, utcnow()
     return row
 
 
@@ -183,7 +184,7 @@ def deliver_one(session: Session, client: DeliveryClient, *, max_attempts: int,
     """Send the oldest due delivery (held under its row lock while sending)."""
     now = utcnow()
     row = session.scalar(select(WebhookDelivery).where(
-        WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+        WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now)
         .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id).limit(1)
         .with_for_update(skip_locked=True))
     if row is None:
@@ -194,9 +195,9 @@ def deliver_one(session: Session, client: DeliveryClient, *, max_attempts: int,
     code, error = _send(client.for_hook(hook), hook, event, row.id)
     row.last_status_code, row.last_error = code, error
     if error is None:
-        row.status, row.delivered_at = "delivered", utcnow()
+        row.status, row.delivered_at = DeliveryStatus.DELIVERED, utcnow()
     elif row.attempts >= max_attempts or not hook.active:
-        row.status = "dead"
+        row.status = DeliveryStatus.DEAD
     else:
         row.next_attempt_at = utcnow() + min(backoff * 2 ** (row.attempts - 1),
                                              timedelta(hours=1))

@@ -1,0 +1,115 @@
+"""Every status a row can be in, one ``StrEnum`` per family, defined here and nowhere else.
+
+Members are ``str`` subclasses whose values are exactly the strings stored in the database and
+sent over the API, so a member compares equal to its stored string and serialises as it; no
+migration stands behind them. Models map the columns with :class:`StatusType`, services,
+schemas, the CLI and the templates compare against members, never against literals (a test
+greps for literals outside this module).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import String, TypeDecorator
+from sqlalchemy.engine import Dialect
+
+from registry.errors import BadRequest
+
+
+class VersionStatus(StrEnum):
+    """Whether a version may be resolved, pulled as ``latest`` and promoted."""
+
+    ACTIVE = "active"
+    YANKED = "yanked"
+
+
+class CompatStatus(StrEnum):
+    """A version's tensors checked against its base's manifest: ``UNVERIFIED`` while the base
+    is not registered (checked when it is)."""
+
+    VERIFIED = "verified"
+    UNVERIFIED = "unverified"
+    INCOMPATIBLE = "incompatible"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+JOB_ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+JOB_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class RolloutStatus(StrEnum):
+    """The canary state machine (see :mod:`registry.services.rollouts`)."""
+
+    PENDING = "pending"
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ABORTED = "aborted"
+
+
+ROLLOUT_ACTIVE = frozenset({RolloutStatus.PENDING, RolloutStatus.PROGRESSING,
+                            RolloutStatus.PAUSED})
+ROLLOUT_FINAL = frozenset({RolloutStatus.PROMOTED, RolloutStatus.ABORTED})
+
+
+class PausedBy(StrEnum):
+    """Who paused a rollout: a person (until resumed) or an inconclusive analysis (until data
+    arrives)."""
+
+    MANUAL = "manual"
+    ANALYSIS = "analysis"
+
+
+class GateVerdict(StrEnum):
+    """A gate evaluated once: missing inputs are ``INCONCLUSIVE``, never a pass."""
+
+    PASS = "pass"  # noqa: S105 - a verdict, not a password
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+class DeliveryStatus(StrEnum):
+    """A webhook delivery: retried with backoff while ``PENDING``, then ``DEAD``."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def parse(enum: type[E], value: str, what: str = "status") -> E:
+    """``value`` (a filter or body field) as a member of ``enum``: BadRequest naming every
+    allowed value otherwise, never a database error for a string no row can hold."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise BadRequest(f"{what} must be one of: {', '.join(enum)}") from None
+
+
+class StatusType(TypeDecorator[E], Generic[E]):
+    """A status column: stored as the member's string (the same VARCHAR as before the enums,
+    so no migration), read back as the member; an unknown string is refused on write."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int = 16, **kw: Any) -> None:
+        super().__init__(length, **kw)
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
