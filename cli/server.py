@@ -68,7 +68,7 @@ def _start_embedded_workers(count: int, stopping: threading.Event) -> None:
         click.secho(f"merges are disabled: the worker needs {' and '.join(missing)} "
                     "(pip install torch==2.13.0 'lorareg[worker]')", fg="yellow", err=True)
         return
-    from merge_worker.__main__ import start_workers
+    from merge_worker.runner import start_workers
 
     start_workers(count, stopping)
     click.echo(f"{count} in-process worker thread(s) running merges", err=True)
@@ -116,6 +116,6 @@ def upgrade(revision: str) -> None:
               help="Worker threads in this process.")
 def worker(workers: int) -> None:
     """Run merge workers against LORAREG_DATABASE_URL until SIGTERM (= python -m merge_worker)."""
-    from merge_worker.__main__ import main as worker_main
+    from merge_worker.runner import main as worker_main
 
     worker_main(["--workers", str(workers)])

@@ -28,7 +28,7 @@ from registry.config import Settings
 from registry.db import transaction
 from registry.egress import Guard
 from registry.errors import BadRequest, Conflict, NotFound, RegistryError
-from registry.observability import request_id_var
+from registry.logs import request_id_var
 from registry.services import jobs, rollouts, webhooks
 
 log = logging.getLogger("lorareg.worker")

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry import __version__, ui
 from registry.api import docs, problems
-from registry.api.deps import State
+from registry.api.fast_path import ResolveFastPath
 from registry.api.routes import (
     adapters,
     admin,
@@ -30,7 +30,9 @@ from registry.blobs import BlobStore, open_blob_store
 from registry.config import Settings, get_settings
 from registry.db import make_engine, make_session_factory
 from registry.errors import PayloadTooLarge, RegistryError
-from registry.observability import RequestObserver, configure_logging
+from registry.logs import configure_logging
+from registry.web.context import State
+from registry.web.observer import RequestObserver
 
 log = logging.getLogger("lorareg.api")
 
@@ -132,7 +134,7 @@ def create_app(
     app.add_middleware(RequestObserver, metrics=state.metrics)
     app.add_middleware(BodyLimit, json_limit=settings.max_json_body,
                        blob_limit=settings.max_blob_size)
-    app.add_middleware(resolve.ResolveFastPath, state=state)  # outermost: before the rest
+    app.add_middleware(ResolveFastPath, state=state)  # outermost: before the rest
     return app
 
 

@@ -15,7 +15,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
-from registry.api.deps import Ctx
 from registry.errors import BadRequest
 from registry.refs import Ref, check_channel, parse_adapter_name
 from registry.services import channels, jobs, rollouts, versions
@@ -23,6 +22,7 @@ from registry.services.channels import Change
 from registry.services.rollouts import RolloutSpec
 from registry.ui import queries, session
 from registry.ui.rendering import UICtx, UIRoute, render
+from registry.web.context import Ctx
 
 router = APIRouter(prefix="/ui", route_class=UIRoute, include_in_schema=False)
 Form = Annotated[dict[str, str], Depends(session.checked_form)]

@@ -25,11 +25,11 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.exceptions import HTTPException
 
 from registry import __version__
-from registry.api.deps import Ctx, CtxDep
 from registry.errors import BadRequest, NotFound, RegistryError, Unauthenticated
 from registry.services.tokens import Principal
 from registry.ui import session
 from registry.units import human_size
+from registry.web.context import Ctx, CtxDep
 
 log = logging.getLogger("lorareg.ui")
 TEMPLATE_DIR = Path(__file__).parent / "templates"

@@ -4,7 +4,7 @@
   cannot read it), ``SameSite=Strict`` (other sites' requests do not carry it), ``Path=/ui``
   (only UI requests carry it: the JSON API never sees it, so a browser session cannot be used
   against the API from another page) and ``Secure`` when the request came over HTTPS.
-  ``registry.api.deps.get_ctx`` reads it, so the UI has the same roles and namespace scopes
+  ``registry.web.context.authorize`` reads it, so the UI has the same roles and namespace scopes
   as the API.
 * Every form that changes something carries a CSRF token, ``HMAC-SHA256(key=sha256(session
   secret), "lorareg-ui-csrf")``, where the session secret is the API token the request
@@ -27,8 +27,10 @@ from urllib.parse import parse_qsl, urlsplit
 from fastapi import Request, Response
 
 from registry.errors import BadRequest, PayloadTooLarge, PermissionDenied
+from registry.web.context import TOKEN_COOKIE as TOKEN_COOKIE  # the UI sets what it reads
+from registry.web.context import first_headers
+from registry.web.context import presented_token as _presented_token
 
-TOKEN_COOKIE = "lorareg_token"  # noqa: S105 - a cookie name, not a secret
 NONCE_COOKIE = "lorareg_csrf"
 COOKIE_PATH = "/ui"
 CSRF_FIELD = "csrf_token"
@@ -37,11 +39,8 @@ _CSRF_CONTEXT = b"lorareg-ui-csrf"
 
 
 def presented_token(request: Request) -> str | None:
-    """The API token this request authenticates with (as ``get_ctx`` reads it)."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get(TOKEN_COOKIE) or None
+    """The API token this request authenticates with (the one reader ``get_ctx`` uses)."""
+    return _presented_token(first_headers(request.scope))
 
 
 def session_secret(request: Request) -> str | None:

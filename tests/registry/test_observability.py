@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from registry.observability import JsonFormatter, request_id_var
+from registry.logs import JsonFormatter, request_id_var
 from tests.fixtures.api import Api
 from tests.registry.test_api import h, push
 

@@ -17,15 +17,16 @@ from sqlalchemy.orm import Session
 from starlette.types import Receive, Scope, Send
 
 from registry.api.app import create_app
-from registry.api.deps import State, TokenCache
+from registry.api.fast_path import ResolveFastPath
 from registry.api.routes import channels as routes_channels
-from registry.api.routes.resolve import ResolveFastPath
 from registry.db import make_engine, make_session_factory, transaction
 from registry.errors import Unauthenticated
 from registry.services import bases
 from registry.services.context import Actor
 from registry.services.resolve import ResolveCache
 from registry.services.tokens import Principal
+from registry.web.context import State
+from registry.web.token_cache import TokenCache
 from tests.fixtures.api import Api
 from tests.registry.test_api import assert_problem, h, push
 from tests.registry.test_bases import entries, registration

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from registry.api.deps import TokenCache
 from registry.db import make_session_factory, transaction
 from registry.fingerprint import TensorEntry, fingerprint_digest
 from registry.models import AdapterVersion, ApiToken, AuditEvent, BaseModel, Blob, utcnow
 from registry.roles import ROLES
 from registry.services import tokens
 from registry.services.tokens import Principal
+from registry.web.token_cache import TokenCache
 from tests.fixtures.adapters import adapter_files, base_shapes
 from tests.fixtures.api import Api
 from tests.registry.test_api import assert_problem, h, push, upload_all

@@ -1,0 +1,96 @@
+"""Prometheus collectors of one API app (``GET /metrics``).
+
+Metrics are per process for what a process does (HTTP requests and bytes moved: counted by
+``registry.web.observer`` and the blob routes) and read from the database at scrape time for
+what the fleet shares (queue depth, job outcomes and durations, rollout states, webhook
+deliveries), so every API replica reports the same fleet view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry.db import transaction
+from registry.models import Job, Rollout
+from registry.services import jobs, webhooks
+
+
+class Metrics:
+    """The process-local instruments of one app (own registry: several apps may coexist)."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("lorareg_http_requests_total", "HTTP requests",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("lorareg_http_request_duration_seconds", "HTTP latency",
+                                 ["method", "route"], registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
+                                          2.5, 5, 10))
+        self.bytes = Counter("lorareg_blob_bytes_total", "blob bytes moved through the API",
+                             ["direction"], registry=self.registry)
+        self.registry.register(FleetCollector(sessions))
+
+
+class FleetCollector(Collector):
+    """Gauges read from the database at scrape time."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with transaction(self.sessions, readonly=True) as session:
+            yield from _queue_metrics(session)
+            yield from _job_metrics(session)
+            yield _rollout_metric(session)
+            yield _webhook_metric(session)
+def _queue_metrics(session: Session) -> Iterator[GaugeMetricFamily]:
+    stats = jobs.queue_stats(session)
+    depth = GaugeMetricFamily("lorareg_jobs", "jobs by status", labels=["status"])
+    for status, n in stats["counts"].items():
+        depth.add_metric([status], n)
+    yield depth
+    yield GaugeMetricFamily("lorareg_queue_oldest_age_seconds", "age of the oldest queued job",
+                            value=stats["oldest_queued_age"])
+
+
+def _job_metrics(session: Session) -> Iterator[GaugeMetricFamily]:
+    done = GaugeMetricFamily("lorareg_jobs_finished", "finished jobs by kind and outcome",
+                             labels=["kind", "outcome"])
+    seconds = GaugeMetricFamily("lorareg_job_duration_seconds_sum",
+                                "total run time of finished jobs", labels=["kind", "outcome"])
+    rows = session.execute(select(Job.kind, Job.status, Job.started_at, Job.finished_at)
+                           .where(Job.finished_at.is_not(None))
+                           .execution_options(yield_per=1000))
+    totals: dict[tuple[str, str], list[float]] = {}
+    for kind, status, started, finished in rows:
+        entry = totals.setdefault((kind, status), [0.0, 0.0])
+        entry[0] += 1
+        if started is not None and finished is not None:
+            entry[1] += (finished - started).total_seconds()
+    for (kind, status), (n, total) in sorted(totals.items()):
+        done.add_metric([kind, status], n)
+        seconds.add_metric([kind, status], total)
+    yield done
+    yield seconds
+
+
+def _rollout_metric(session: Session) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily("lorareg_rollouts", "rollouts by state", labels=["state"])
+    for state, n in session.execute(select(Rollout.status, func.count())
+                                    .group_by(Rollout.status)):
+        gauge.add_metric([state], n)
+    return gauge
+
+
+def _webhook_metric(session: Session) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily("lorareg_webhook_deliveries", "webhook deliveries by outcome",
+                              labels=["status"])
+    for status, n in webhooks.stats(session).items():
+        gauge.add_metric([status], n)
+    return gauge
