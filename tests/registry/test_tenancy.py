@@ -10,13 +10,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from registry.db import make_session_factory, transaction
 from registry.fingerprint import TensorEntry, fingerprint_digest
 from registry.models import AdapterVersion, ApiToken, AuditEvent, BaseModel, Blob, utcnow
 from registry.roles import ROLES
-from registry.services import tokens
 from registry.services.tokens import Principal
 from registry.web.token_cache import TokenCache
 from tests.fixtures.adapters import adapter_files, base_shapes
@@ -214,7 +213,7 @@ def test_an_expired_token_is_refused_by_the_api_and_the_resolve_fast_path(api: A
                           headers=h(token)).status_code == 404
     now[0] += timedelta(minutes=5)  # the token's expiry, within the cache's ttl
     with transaction(make_session_factory(api.engine)) as session:
-        session.execute(ApiToken.__table__.update().values(expires_at=utcnow()))
+        session.execute(update(ApiToken).values(expires_at=utcnow()))
     assert_problem(api.client.get("/api/v1/whoami", headers=h(token)), 401, "unauthenticated")
     r = api.client.get("/api/v1/resolve/acme/bot:prod", headers=h(token))
     assert_problem(r, 401, "unauthenticated")
@@ -252,5 +251,4 @@ def test_roles_table_is_the_one_source() -> None:
     from registry.api.schemas import TokenIn
 
     assert list(get_args(TokenIn.model_fields["role"].annotation)) == list(ROLES)
-    assert CLI_ROLES == list(ROLES)
-    assert tokens.ROLES is ROLES
+    assert list(ROLES) == CLI_ROLES
