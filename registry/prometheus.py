@@ -73,9 +73,9 @@ def _job_metrics(session: Session) -> Iterator[GaugeMetricFamily]:
         entry[0] += 1
         if started is not None and finished is not None:
             entry[1] += (finished - started).total_seconds()
-    for (kind, status), (n, total) in sorted(totals.items()):
-        done.add_metric([kind, status], n)
-        seconds.add_metric([kind, status], total)
+    for (kind, outcome), (n, total) in sorted(totals.items()):
+        done.add_metric([kind, outcome], n)
+        seconds.add_metric([kind, outcome], total)
     yield done
     yield seconds
 
