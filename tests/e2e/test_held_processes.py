@@ -1,14 +1,21 @@
 """What held in the security pass stays held (issue 15), with real processes on PostgreSQL:
 64 concurrent pushes spread over two API processes get versions 1..64 with no gap or
-duplicate, and killing every database connection of a loaded API process
-(``pg_terminate_backend``) is recovered from without a restart."""
+duplicate; killing every database connection of a loaded API process
+(``pg_terminate_backend``) is recovered from without a restart; an API process SIGKILLed
+mid-upload leaves nothing visible."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -95,3 +102,31 @@ def test_killed_database_connections_are_recovered_without_a_restart(
         after = [http.get("/api/v1/adapters").status_code for _ in range(20)]
     assert after == [200] * 20
     assert set(answers) <= {200, 500, 503}, set(answers)
+
+
+def test_an_api_killed_mid_upload_leaves_nothing_visible(
+    two_apis: tuple[list[LiveServer], str, str], tmp_path: Path
+) -> None:
+    apis, token, _ = two_apis
+    victim, survivor = apis
+    data = b"weights" * 200_000
+    digest = hashlib.sha256(data).hexdigest()
+    url = urlsplit(victim.url)
+    head = (f"PUT /api/v1/blobs/{digest} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: {len(data)}\r\n\r\n")
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(head.encode() + data[: len(data) // 2])
+        time.sleep(0.5)  # let the server stage what it got
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait()
+    auth = {"Authorization": f"Bearer {token}"}
+    missing = httpx.post(f"{survivor.url}/api/v1/blobs/missing", headers=auth,
+                         json={"digests": [digest]}, timeout=10).json()["missing"]
+    assert missing == [digest]
+    assert httpx.get(f"{survivor.url}/api/v1/blobs/{digest}", headers=auth,
+                     timeout=10).status_code == 404
+    assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()
+                and p.name == digest]
+    ok = httpx.put(f"{survivor.url}/api/v1/blobs/{digest}", headers=auth, content=data,
+                   timeout=30)
+    assert ok.status_code == 201
