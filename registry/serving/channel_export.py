@@ -41,13 +41,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from registry.client import Client
+from registry.client import Client, Progress, sha256_file
 from registry.errors import Conflict
 from registry.refs import check_channel, check_namespace
 from registry.serving.drain import DrainState, due, utcnow
 from registry.serving.export import Clock, remove
 from registry.serving.files import fsync_dir, locked, make_read_only
-from registry.transfer import Progress, sha256_file
 
 STORE = ".lorareg"
 LOCK = ".lock"

@@ -44,14 +44,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from registry.client import Client
+from registry.client import Client, Progress, sha256_file
 from registry.errors import BadRequest, Conflict, EngineRefused, InvalidAdapter
 from registry.refs import parse_pool_name
 from registry.served_names import DIGEST_CHARS, parse_served_name
 from registry.serving.drain import DrainState, due, parse_time, utcnow
 from registry.serving.files import fsync_dir, locked, make_read_only, write_atomically
 from registry.serving.vllm import LoadedAdapter, VllmRuntime
-from registry.transfer import Progress, sha256_file
 
 SIDECAR = ".lorareg.json"
 STORE = ".lorareg"
