@@ -68,11 +68,10 @@ from procs import Server, free_port, moto_cmd, start_server
 from safetensors import safe_open
 
 from registry import migrate
-from registry.client import Client
+from registry.client import Client, scan_folder
 from registry.db import make_engine, make_session_factory, transaction
 from registry.services import tokens
 from registry.services.context import Actor
-from registry.transfer import scan_folder
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -15,7 +15,7 @@ import click
 from cli import output
 from cli.app import App, json_option, pass_app
 from cli.channel_params import DURATION, STEPS, echo_problems, seconds, version_of, weight
-from registry.client_channels import channel_ref
+from registry.client import channel_ref
 from registry.errors import IncompatiblePool, InvalidAdapter
 
 PROFILES = ("any", "vllm", "merged")

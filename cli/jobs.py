@@ -22,8 +22,7 @@ import click
 from cli import output
 from cli.app import App, json_option, pass_app
 from cli.params import Duration
-from registry.client import Client
-from registry.client_jobs import FINAL_STATUSES, job_error
+from registry.client import FINAL_STATUSES, Client, job_error
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 WAIT_EPILOG = """\b

@@ -12,8 +12,7 @@ from cli import output
 from cli.app import App, json_option, pass_app
 from cli.params import Duration
 from registry import errors
-from registry.client import Client
-from registry.client_jobs import job_error
+from registry.client import Client, job_error
 from registry.refs import parse_ref
 from registry.services.gates import Gate, evaluate, parse_gate
 

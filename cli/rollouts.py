@@ -12,7 +12,7 @@ from cli import output
 from cli.app import App, json_option, pass_app
 from cli.channel_params import DURATION, seconds, version_of, weight
 from cli.params import metric_values
-from registry.client_channels import explicit_version
+from registry.client import explicit_version
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.refs import parse_ref
 

@@ -14,8 +14,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import main
-from registry import errors, hf_cache
+from registry import errors
 from registry.client import Client
+from registry.client import _hf_cache as hf_cache
 from registry.config import get_settings
 from registry.fingerprint import fingerprint_dir
 from tests.cli.helpers import changed_copy, run_all, uvicorn_server

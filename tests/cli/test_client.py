@@ -16,8 +16,10 @@ import httpx
 import pytest
 
 from registry import client as client_mod
-from registry import errors, transfer
+from registry import errors
 from registry.client import Client, RetryPolicy, iter_folder, parse_retry_after, scan_folder
+from registry.client import _client as client_impl
+from registry.client import _transfer as transfer
 from tests.cli.conftest import BASE, variant
 from tests.fixtures.server import LiveServer, base_env, bootstrap_admin, start_uvicorn
 
@@ -441,7 +443,7 @@ def test_lists_follow_cursors(
         client.push(variant(adapter_dir, tag), "acme/bot", BASE,
                     metrics={"accuracy": {"a": 0.5, "b": 0.9, "c": 0.7}[tag]})
     client.push(adapter_dir, "other/bot", BASE)
-    monkeypatch.setattr(client_mod, "PAGE_SIZE", 1)
+    monkeypatch.setattr(client_impl, "PAGE_SIZE", 1)
     assert [v["version"] for v in client.versions("acme/bot")] == [3, 2, 1]
     assert [v["version"] for v in client.versions("acme/bot", limit=2)] == [3, 2]
     assert [v["version"] for v in client.versions(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from registry.transfer import iter_folder
+from registry.client import iter_folder
 from tests.cli.helpers import run, run_all, uvicorn_server
 from tests.fixtures.models import TinyModels
 from tests.fixtures.s3 import empty_and_delete_bucket

@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from registry import errors, transfer
+from registry import errors
 from registry.client import Client, body_chunks
+from registry.client import _transfer as transfer
 
 KIB = 1024
 MIB = 1024 * KIB

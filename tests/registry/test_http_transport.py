@@ -1,4 +1,4 @@
-"""Blob downloads through registry.http_transport (urllib3 under httpx) against a real HTTP
+"""Blob downloads through registry.client._transport (urllib3 under httpx) against a real HTTP
 server on a socket: bodies cut short resume with a Range request, a redirect to another host
 does not carry the token, stalls time out, error answers become RegistryErrors, connections are
 reused after a complete body and never after a partial one."""
@@ -20,7 +20,7 @@ import pytest
 
 from registry import errors
 from registry.client import Client
-from registry.http_transport import READ_SIZE, URLLib3Transport
+from registry.client._transport import READ_SIZE, URLLib3Transport
 
 MIB = 1024 * 1024
 

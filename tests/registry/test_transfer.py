@@ -1,4 +1,4 @@
-"""registry.transfer: the download sink (hash, write and fsync overlapped with receiving) in
+"""registry.client._transfer: the download sink (hash, write and fsync overlapped with receiving) in
 isolation: what an interrupted stream or a failing disk leaves behind, and progress."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from registry import transfer
-from registry.transfer import Reporter, Sink
+from registry.client import _transfer as transfer
+from registry.client._transfer import Reporter, Sink
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -1,10 +1,4 @@
-"""Python SDK over the lorareg REST API (synchronous, httpx).
-
-Usage::
-
-    with Client("http://127.0.0.1:8080", token) as registry:
-        v = registry.push("out/adapter", "acme/support-bot", base="org/base@<commit>")
-        registry.pull("acme/support-bot@latest", Path("adapter"))
+"""The :class:`Client` class (see :mod:`registry.client` for its contract).
 
 Errors: every non-2xx answer is raised as the matching :mod:`registry.errors` class, rebuilt
 from the problem document (so ``err.exit_code`` is the CLI exit code and ``err.extra`` holds
@@ -22,8 +16,8 @@ when a retried upload starts over) or a tqdm-like object; the latter first gets
 ``reset(total=<bytes to transfer>)``, so one bar covers the whole transfer.
 
 The class is assembled from parts: local files, hashing and the resumable verified download
-are in :mod:`registry.transfer`; base models (register, verify) in :mod:`registry.client_bases`;
-merges and jobs in :mod:`registry.client_jobs`.
+are in :mod:`registry.client._transfer`; base models in :mod:`registry.client._bases`;
+merges and jobs in :mod:`registry.client._jobs`.
 """
 
 from __future__ import annotations
@@ -38,49 +32,30 @@ from urllib.parse import quote
 import httpx
 
 from registry import __version__, errors
-from registry.client_bases import BasesMixin
-from registry.client_channels import ChannelsMixin
-from registry.client_core import Params, adapter_path, label_params, query, version_path
-from registry.client_jobs import JobsMixin
-from registry.client_ops import OpsMixin
-from registry.client_pools import PoolsMixin
-from registry.http_transport import URLLib3Transport
-from registry.manifest import FileEntry, manifest_digest
-from registry.refs import parse_adapter_name, parse_base_ref
-from registry.retry import MAX_RETRY_AFTER, RETRY_STATUSES, RetryPolicy, parse_retry_after
-from registry.safetensors_io import ADAPTER_LIMITS, HeaderLimits, read_header
-from registry.transfer import (
-    CHUNK,
+from registry.client._bases import BasesMixin
+from registry.client._channels import ChannelsMixin
+from registry.client._core import Params, adapter_path, label_params, query, version_path
+from registry.client._jobs import JobsMixin
+from registry.client._ops import OpsMixin
+from registry.client._pools import PoolsMixin
+from registry.client._retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
+from registry.client._transfer import (
     LocalFile,
     Progress,
-    ProgressBar,
     Reporter,
     Sink,
     check_dest,
     corrupt_blob,
     download_folder,
     file_chunks,
-    iter_folder,
     range_start,
     scan_folder,
-    sha256_file,
     stored_size,
 )
-
-__all__ = [
-    "CHUNK",
-    "MAX_RETRY_AFTER",
-    "Client",
-    "LocalFile",
-    "Progress",
-    "ProgressBar",
-    "RetryPolicy",
-    "iter_folder",
-    "metric_rows",
-    "parse_retry_after",
-    "scan_folder",
-    "sha256_file",
-]
+from registry.client._transport import URLLib3Transport
+from registry.manifest import FileEntry, manifest_digest
+from registry.refs import parse_adapter_name, parse_base_ref
+from registry.safetensors_io import ADAPTER_LIMITS, HeaderLimits, read_header
 
 PAGE_SIZE = 100
 
@@ -157,7 +132,7 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin, PoolsMixin):
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, transport=transport
         )
-        # Blob bodies go through urllib3 (see registry.http_transport, and _send's
+        # Blob bodies go through urllib3 (see registry.client._transport, and _send's
         # ``stream``), unless the caller chose the transport.
         self._blob_http = self._http if transport is not None else httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, transport=URLLib3Transport()

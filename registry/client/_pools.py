@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from registry import errors
-from registry.client_channels import ChannelsMixin
-from registry.client_core import Core
+from registry.client._channels import ChannelsMixin
+from registry.client._core import Core
 from registry.refs import parse_pool_name, parse_ref
 from registry.vllm_architectures import DEFAULT_MAX_LORA_RANK
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from registry import errors
-from registry.client_core import Core, adapter_path, poll_until, query, version_path
+from registry.client._core import Core, adapter_path, poll_until, query, version_path
 from registry.refs import Ref, check_channel, check_namespace, parse_ref
 
 FINAL_ROLLOUT_STATUSES = frozenset({"promoted", "aborted"})

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from registry import errors, hf_cache
-from registry.client_core import Core, query
+from registry import errors
+from registry.client import _hf_cache as hf_cache
+from registry.client._core import Core, query
+from registry.client._transfer import LocalFile, Progress, Reporter, iter_folder, sha256_file
 from registry.fingerprint import (
     Fingerprint,
     FingerprintCache,
@@ -29,7 +31,6 @@ from registry.fingerprint import (
     fingerprint_dir,
 )
 from registry.refs import check_base
-from registry.transfer import LocalFile, Progress, Reporter, iter_folder, sha256_file
 
 
 class BasesMixin:
@@ -73,7 +74,7 @@ class BasesMixin:
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Register the Hugging Face cache snapshot ``org/name@rev`` (offline, see
-        :mod:`registry.hf_cache`) under the commit hash the revision resolves to.
+        :mod:`registry.client._hf_cache`) under the commit hash the revision resolves to.
 
         Every cached LFS blob is re-hashed first; a damaged one raises DigestMismatch naming
         the file. The result is as for :meth:`register_base`, plus ``snapshot`` (the folder).

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import httpx
 
 from registry import errors
+from registry.client._transfer import LocalFile, Reporter
 from registry.refs import parse_adapter_name, parse_ref
-from registry.transfer import LocalFile, Reporter
 
 Params = Sequence[tuple[str, str]]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.client_core import Core, adapter_path
+from registry.client._core import Core, adapter_path
 
 
 class OpsMixin:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from registry import errors
-from registry.client_core import Core, poll_until, query, version_path
+from registry.client._core import Core, poll_until, query, version_path
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from registry.client._transfer import iter_folder, sha256_file
 from registry.errors import BadRequest, DigestMismatch, NotFound
-from registry.transfer import iter_folder, sha256_file
 
 SHA256_NAME = re.compile(r"^[0-9a-f]{64}\Z")
 DEFAULT_REVISION = "main"
