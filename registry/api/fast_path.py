@@ -47,15 +47,16 @@ class ResolveFastPath:
             await self.app(scope, receive, send)
             return
         snap, body = found
-        out = [(b"etag", snap.etag.encode()), (b"cache-control", b"no-cache"),
-               (b"x-request-id", request_id(headers))]
+        # The headers in the order the route's Response and the observer write them.
+        out = [(b"etag", snap.etag.encode()), (b"cache-control", b"no-cache")]
+        rid = (b"x-request-id", request_id(headers))
         if not_modified(self.state, _latin1(headers.get(b"if-none-match")), snap):
-            await send({"type": "http.response.start", "status": 304, "headers": out})
+            await send({"type": "http.response.start", "status": 304, "headers": [*out, rid]})
             await send({"type": "http.response.body", "body": b""})
             self._not_modified.inc()
         else:
-            out += [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())]
+            out += [(b"content-length", str(len(body)).encode()),
+                    (b"content-type", b"application/json"), rid]
             await send({"type": "http.response.start", "status": 200, "headers": out})
             await send({"type": "http.response.body", "body": body})
             self._count.inc()
