@@ -38,7 +38,7 @@ from registry.serving.export import SIDECAR, STORE, PoolExport, PoolExportResult
 from registry.serving.vllm import VllmRuntime
 from tests.conftest import PgDatabases
 from tests.fixtures.adapters import adapter_files, lora_config, lora_tensors
-from tests.fixtures.server import ROOT, LiveServer, base_env, bootstrap_admin, start_uvicorn
+from tests.fixtures.server import BIN, ROOT, LiveServer, base_env, bootstrap_admin, start_uvicorn
 from tests.registry.test_bases import entries, registration
 
 pytestmark = pytest.mark.e2e
@@ -454,6 +454,31 @@ def test_an_unreachable_engine_exits_6_and_deletes_nothing(reg: Reg, tmp_path: P
     assert result.exit_code == 6, result.output
     assert "cannot reach the engine at http://127.0.0.1:9" in result.stderr
     assert names(root) == {reg.served(v1), reg.served(v2)}  # v2 may still be loaded there
+
+
+def test_watch_exports_again_every_interval_until_interrupted(reg: Reg, tmp_path: Path
+                                                                ) -> None:
+    """``--watch``: a round per interval picks up a change without a restart; Ctrl-C ends it
+    with the documented exit code."""
+    (v1,) = start(reg, 1)
+    root = tmp_path / "loras"
+    env = {**base_env(), **reg.server.env}
+    proc = subprocess.Popen([str(BIN / "lorareg"), "export", "--pool", reg.pool, "--dir",
+                             str(root), "--watch", "1s"], env=env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(f"{reg.served(v1)}  exported")
+        v2 = reg.push(2)
+        reg.client.promote(f"{reg.ns}/bot@{v2}", "prod", now=True)
+        while not (line := proc.stdout.readline()).startswith(reg.served(v2)):
+            assert line, proc.stderr.read() if proc.stderr else ""
+        assert line.startswith(f"{reg.served(v2)}  exported")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Aborted!" in err, err  # exit 1: interrupted
+    assert names(root) == {reg.served(v1), reg.served(v2)}
 
 
 # ------------------------------------------------------------- the runtime driver, faked
