@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, exists, select
+from sqlalchemy import ColumnElement, Select, exists, select
 from sqlalchemy.orm import Session
 
 from registry.db import insert_ignore
 from registry.errors import BadRequest, Conflict, NotFound
-from registry.models import Adapter, AdapterLabel, Namespace, utcnow
+from registry.models import Adapter, AdapterLabel, AdapterVersion, Namespace, utcnow
 from registry.refs import check_namespace, parse_adapter_name
 from registry.services import audit
 from registry.services.context import Actor
@@ -144,28 +145,60 @@ def update_adapter(
     return adapter
 
 
+ADAPTER_SORTS = ("updated_at", "name")
+
+
+@dataclass(frozen=True)
+class AdapterFilter:
+    """Which adapters a listing shows. The API route, the UI page and (through the API) the
+    CLI all build one and call :func:`list_adapters`, so a filter means the same everywhere."""
+
+    scope: Sequence[str] | None = None  # the namespaces the caller may read; None: every one
+    namespace: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)  # every pair must match
+    search: str | None = None  # a substring of the name or the description, any case
+    base: str | None = None  # ``hub_id[@revision]`` that some version was trained on
+    sort: str = "updated_at"  # newest push first, or "name"
+
+
 def list_adapters(
-    session: Session, *, namespace: str | None = None, scope: Sequence[str] | None = None,
-    label: Mapping[str, str] | None = None, query: str | None = None,
-    sort: str = "updated_at", cursor: str | None = None, limit: int = 50,
+    session: Session, flt: AdapterFilter | None = None, *, cursor: str | None = None,
+    limit: int = 50,
 ) -> Page[Adapter]:
-    """List adapters, newest push first by default; ``scope`` limits namespaces."""
+    """One keyset page of the adapters ``flt`` selects, in its sort order."""
+    flt = flt or AdapterFilter()
+    stmt = _filtered(flt)
+    if flt.sort == "name":
+        return paginate(session, stmt, Adapter.name, Adapter.id, descending=False,
+                        cursor=cursor, limit=limit, sort_value=lambda a: a.name)
+    if flt.sort != "updated_at":
+        raise BadRequest(f"unknown sort {flt.sort!r}: use {' or '.join(ADAPTER_SORTS)}")
+    return paginate(session, stmt, Adapter.updated_at, Adapter.id, descending=True,
+                    cursor=cursor, limit=limit, sort_value=lambda a: a.updated_at)
+
+
+def _filtered(flt: AdapterFilter) -> Select[Any]:
     stmt = select(Adapter).join(Namespace, Adapter.namespace_id == Namespace.id)
-    if scope is not None:
-        stmt = stmt.where(Namespace.name.in_(scope))
-    if namespace:
-        stmt = stmt.where(Namespace.name == namespace)
-    for key, value in (label or {}).items():
+    if flt.scope is not None:
+        stmt = stmt.where(Namespace.name.in_(flt.scope))
+    if flt.namespace:
+        stmt = stmt.where(Namespace.name == flt.namespace)
+    for key, value in flt.labels.items():
         stmt = stmt.where(exists().where(
             AdapterLabel.adapter_id == Adapter.id, AdapterLabel.key == key,
             AdapterLabel.value == value,
         ))
-    if query:
-        stmt = stmt.where(Adapter.name.contains(query, autoescape=True))
-    if sort == "name":
-        return paginate(session, stmt, Adapter.name, Adapter.id, descending=False,
-                        cursor=cursor, limit=limit, sort_value=lambda a: a.name)
-    if sort != "updated_at":
-        raise BadRequest(f"unknown sort {sort!r}: use updated_at or name")
-    return paginate(session, stmt, Adapter.updated_at, Adapter.id, descending=True,
-                    cursor=cursor, limit=limit, sort_value=lambda a: a.updated_at)
+    if flt.search:  # icontains: LIKE is case-sensitive on PostgreSQL and not on SQLite
+        stmt = stmt.where(Adapter.name.icontains(flt.search, autoescape=True)
+                          | Adapter.description.icontains(flt.search, autoescape=True))
+    if flt.base:
+        stmt = stmt.where(exists().where(_trained_on(flt.base)))
+    return stmt
+
+
+def _trained_on(base: str) -> ColumnElement[bool]:
+    hub_id, _, revision = base.partition("@")
+    on_base = (AdapterVersion.adapter_id == Adapter.id) & (AdapterVersion.base_hub_id == hub_id)
+    if revision:
+        on_base = on_base & (AdapterVersion.base_revision == revision)
+    return on_base

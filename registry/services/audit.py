@@ -64,3 +64,12 @@ def list_events(
     if actor:
         stmt = stmt.where(AuditEvent.actor == actor)
     return paginate_by_id(session, stmt, AuditEvent.id, cursor=cursor, limit=limit)
+
+
+def trail(session: Session, target_type: str, target: str, limit: int = 50
+          ) -> list[AuditEvent]:
+    """The audit trail of exactly one target (no prefix match), newest first."""
+    return list(session.scalars(
+        select(AuditEvent).where(AuditEvent.target_type == target_type,
+                                 AuditEvent.target == target)
+        .order_by(AuditEvent.id.desc()).limit(limit)))

@@ -221,6 +221,14 @@ def _audit_end(session: Session, job: Job) -> None:
                  payload={"kind": job.kind, "target": job.target, "error": job.error})
 
 
+def counts(session: Session, scope: Sequence[str] | None) -> dict[JobStatus, int]:
+    """Jobs per status among the namespaces of ``scope`` (None: all)."""
+    stmt = select(Job.status, func.count()).group_by(Job.status)
+    if scope is not None:
+        stmt = stmt.where(Job.namespace.in_(scope))
+    return {status: int(n) for status, n in session.execute(stmt)}
+
+
 def queue_stats(session: Session) -> dict[str, Any]:
     """Queue depth per status and the age of the oldest queued job (for /metrics)."""
     counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())

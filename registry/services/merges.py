@@ -68,6 +68,12 @@ def latest_artifact(session: Session, version: AdapterVersion) -> MergedArtifact
     return artifact
 
 
+def artifacts(session: Session, version_id: int) -> list[MergedArtifact]:
+    """Every merged artifact of a version, newest first."""
+    return list(session.scalars(select(MergedArtifact).where(
+        MergedArtifact.version_id == version_id).order_by(MergedArtifact.id.desc())))
+
+
 def request_merge(
     session: Session, actor: Actor, version: AdapterVersion, base_id: int | None = None
 ) -> MergeRequest:

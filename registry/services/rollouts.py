@@ -108,6 +108,12 @@ def evaluations(session: Session, rollout: Rollout) -> list[GateEvaluation]:
         GateEvaluation.rollout_id == rollout.id).order_by(GateEvaluation.id)))
 
 
+def recent(session: Session, channel_id: int, limit: int = 20) -> list[Rollout]:
+    """A channel's last ``limit`` rollouts, newest first."""
+    return list(session.scalars(select(Rollout).where(Rollout.channel_id == channel_id)
+                                .order_by(Rollout.id.desc()).limit(limit)))
+
+
 def pause(session: Session, rollout: Rollout, change: Change) -> Rollout:
     """Hold the canary at its weight until resumed (an analysis pause becomes manual)."""
     _require_active(rollout)

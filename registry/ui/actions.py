@@ -17,10 +17,10 @@ from fastapi.responses import RedirectResponse
 
 from registry.errors import BadRequest
 from registry.refs import Ref, check_channel, parse_adapter_name
-from registry.services import channels, jobs, rollouts, versions
+from registry.services import channels, jobs, rollouts, summaries, versions
 from registry.services.channels import Change
 from registry.services.rollouts import RolloutSpec
-from registry.ui import queries, session
+from registry.ui import session
 from registry.ui.rendering import UICtx, UIRoute, render
 from registry.web.context import Ctx
 
@@ -73,7 +73,7 @@ def yank_confirm(request: Request, ns: str, name: str, number: int, ctx: UICtx) 
     ctx.require("write", ns)
     with ctx.tx() as s:
         version = versions.get_version(s, Ref(ns, name, version=number))
-        serving = queries.version_channels(s, version.adapter_id).get(version.id, [])
+        serving = summaries.version_channels(s, version.adapter_id).get(version.id, [])
     return render(request, "confirm_yank.html", version=version, in_channels=serving)
 
 

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from markupsafe import Markup
 
 from registry.models import GateEvaluation
+from registry.services.summaries import VersionPoint
+from registry.statuses import VersionStatus
 from registry.ui.charts import Axis, Point, Series, line_chart
-from registry.ui.queries import VersionPoint
 
 
 def _version_label(value: float) -> str:
@@ -20,8 +21,8 @@ def metric_chart(key: str, points: Sequence[VersionPoint]) -> Markup:
     """One point per version that has ``key``; yanked versions are drawn hollow."""
     series = Series(key, [
         Point(p.number, p.metrics[key], f"v{p.number}: {key} = {p.metrics[key]:.6g}"
-              + (" (yanked)" if p.status == "yanked" else ""),
-              "yanked" if p.status == "yanked" else "")
+              + (" (yanked)" if p.status == VersionStatus.YANKED else ""),
+              "yanked" if p.status == VersionStatus.YANKED else "")
         for p in points if key in p.metrics])
     return line_chart([series], title=key, chart_id=f"metric:{key}",
                       x_axis=Axis("version", _version_label, integer=True),

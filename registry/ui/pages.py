@@ -1,7 +1,8 @@
 """Read pages: adapters, namespaces, an adapter, a version, a channel, jobs, the audit log.
 
 Each handler checks the same permission the matching API route checks, reads through the
-services (and :mod:`registry.ui.queries`) in one transaction, and renders one template after
+services (the same functions the API calls, plus :mod:`registry.services.summaries`) in one
+transaction, and renders one template after
 the transaction ends (every relationship the templates touch is loaded eagerly), so that on
 SQLite, where every transaction holds the write lock, rendering never holds it.
 """
@@ -16,9 +17,23 @@ from registry.api.routes.adapters import parse_labels
 from registry.errors import NotFound
 from registry.models import Rollout
 from registry.refs import Ref, check_namespace, parse_adapter_name
-from registry.services import adapters, audit, channels, jobs, metrics, profiles, rollouts, versions
+from registry.services import (
+    adapters,
+    audit,
+    channels,
+    jobs,
+    merges,
+    metrics,
+    profiles,
+    rollouts,
+    summaries,
+    versions,
+)
+from registry.services.adapters import AdapterFilter
+from registry.services.pagination import Page
 from registry.services.versions import VersionQuery
-from registry.ui import figures, queries
+from registry.statuses import JobStatus
+from registry.ui import figures
 from registry.ui.rendering import UICtx, UIRoute, render
 
 router = APIRouter(prefix="/ui", route_class=UIRoute, include_in_schema=False)
@@ -37,12 +52,13 @@ def adapter_list(
     if namespace:
         check_namespace(namespace)
     label = [item for item in label if item.strip()]  # an empty filter field filters nothing
-    flt = queries.AdapterFilter(scope=ctx.principal.scope, namespace=namespace or None,
-                                labels=parse_labels(label), query=q or None, base=base or None,
-                                sort=sort)
+    flt = AdapterFilter(scope=ctx.principal.scope, namespace=namespace or None,
+                        labels=parse_labels(label), search=q or None, base=base or None,
+                        sort=sort)
     with ctx.tx() as session:
-        page = queries.adapters(session, flt, cursor=cursor, limit=limit)
-        spaces = queries.namespaces(session, ctx.principal.scope)
+        found = adapters.list_adapters(session, flt, cursor=cursor, limit=limit)
+        page = Page(summaries.adapters(session, found.items), found.next_cursor)
+        spaces = summaries.namespaces(session, ctx.principal.scope)
     return render(request, "adapters.html", page=page, namespaces=spaces, flt=flt,
                   label_filter=label, cursor=cursor)
 
@@ -50,7 +66,7 @@ def adapter_list(
 @router.get("/namespaces")
 def namespace_list(request: Request, ctx: UICtx) -> Response:
     with ctx.tx() as session:
-        rows = queries.namespaces(session, ctx.principal.scope)
+        rows = summaries.namespaces(session, ctx.principal.scope)
     return render(request, "namespaces.html", rows=rows)
 
 
@@ -66,14 +82,14 @@ def adapter_page(
                          sort=sort, descending=order != "asc")
     with ctx.tx() as session:
         adapter = adapters.get_adapter(session, full)
-        points = queries.version_points(session, adapter.id)
-        keys = queries.metric_keys(points)
+        points = summaries.version_points(session, adapter.id)
+        keys = summaries.metric_keys(points)
         page = versions.list_versions(session, query, cursor=cursor, limit=limit)
         values: dict[str, Any] = {
             "adapter": adapter, "page": page, "keys": keys,
             "latest": metrics.latest(session, [v.id for v in page.items]),
-            "in_channels": queries.version_channels(session, adapter.id),
-            "channels": queries.channel_badges(session, adapter.id)}
+            "in_channels": summaries.version_channels(session, adapter.id),
+            "channels": summaries.channel_badges(session, adapter.id)}
     return render(request, "adapter.html", **values,
                   charts=[figures.metric_chart(k, points) for k in keys],
                   sort=sort, order="asc" if order == "asc" else "desc", status=status,
@@ -91,12 +107,12 @@ def version_page(request: Request, ns: str, name: str, number: int, ctx: UICtx) 
             "version": version, "ref": ref,
             "latest": metrics.latest(session, [version.id])[version.id],
             "history": metrics.history(session, version),
-            "artifacts": queries.artifacts(session, version.id),
-            "jobs": queries.jobs_for(session, ref),
-            "trail": queries.audit_for(session, "version", ref),
-            "in_channels": queries.version_channels(session, version.adapter_id).get(
+            "artifacts": merges.artifacts(session, version.id),
+            "jobs": jobs.list_jobs(session, target=ref, limit=20).items,
+            "trail": audit.trail(session, "version", ref),
+            "in_channels": summaries.version_channels(session, version.adapter_id).get(
                 version.id, []),
-            "channels": queries.channel_badges(session, version.adapter_id),
+            "channels": summaries.channel_badges(session, version.adapter_id),
             "vllm": profiles.vllm_problems(version.peft_config, profiles.VLLM_MAX_RANK)}
     return render(request, "version.html", **values)
 
@@ -110,7 +126,7 @@ def channel_page(
     ctx.require("read", ns)
     with ctx.tx() as session:
         row = channels.get_channel(session, full, channel)
-        rollouts_list = queries.rollouts_of(session, row.id)
+        rollouts_list = rollouts.recent(session, row.id)
         shown = _shown_rollout(rollouts_list, row.rollout_id, rollout)
         evaluations = rollouts.evaluations(session, shown) if shown else []
         history = channels.history(session, row, cursor=cursor, limit=50)
@@ -133,8 +149,9 @@ def _shown_rollout(rows: list[Rollout], active: int | None, asked: int | None
     return found
 
 
-JOB_SECTIONS = (("Running", "running", 100), ("Queued", "queued", 50), ("Failed", "failed", 25),
-                ("Recently succeeded", "succeeded", 10))
+JOB_SECTIONS = (("Running", JobStatus.RUNNING, 100), ("Queued", JobStatus.QUEUED, 50),
+                ("Failed", JobStatus.FAILED, 25),
+                ("Recently succeeded", JobStatus.SUCCEEDED, 10))
 
 
 @router.get("/jobs")
@@ -142,7 +159,7 @@ def job_list(request: Request, ctx: UICtx, status: str | None = None, kind: str 
              cursor: str | None = None, limit: Limit = 50) -> Response:
     scope = ctx.principal.scope
     with ctx.tx() as session:
-        counts = queries.job_counts(session, scope)
+        counts = jobs.counts(session, scope)
         if status:
             page = jobs.list_jobs(session, scope=scope, status=status, kind=kind or None,
                                   cursor=cursor, limit=limit)

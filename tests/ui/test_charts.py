@@ -11,9 +11,9 @@ import pytest
 from markupsafe import Markup
 
 from registry.models import GateEvaluation
+from registry.services.summaries import VersionPoint
 from registry.ui import figures
 from registry.ui.charts import Axis, Point, Series, line_chart, nice_ticks
-from registry.ui.queries import VersionPoint
 
 SVG = "{http://www.w3.org/2000/svg}"
 

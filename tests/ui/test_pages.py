@@ -246,7 +246,7 @@ def test_an_unexpected_failure_is_a_500_page_without_a_trace(
     def broken(*_: object) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr("registry.ui.queries.namespaces", broken)
+    monkeypatch.setattr("registry.services.summaries.namespaces", broken)
     page = ui.get("/ui/namespaces")
     assert page.status_code == 500 and 'class="error-page' in page.text
     assert "see the server log" in page.text

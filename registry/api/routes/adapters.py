@@ -15,11 +15,14 @@ from registry.manifest import FileEntry
 from registry.models import AdapterVersion
 from registry.refs import Ref, check_namespace, parse_adapter_name, parse_ref
 from registry.services import adapters, metrics, versions
+from registry.services.adapters import AdapterFilter
 from registry.services.metrics import MetricInput
 from registry.services.pagination import Page
 from registry.services.versions import PushRequest, VersionQuery, parse_metric_filter
 
 router = APIRouter(prefix="/api/v1", tags=["adapters"])
+SEARCH_DOC = "Only adapters whose name or description contains this text (any case)."
+BASE_DOC = "Only adapters with a version trained on this base: `hub_id` or `hub_id@revision`."
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
@@ -75,15 +78,18 @@ def create_namespace(body: s.NamespaceIn, ctx: CtxDep) -> s.NamespaceOut:
 @router.get("/adapters", response_model=s.Page)
 def list_adapters(
     ctx: CtxDep, namespace: str | None = None, label: Annotated[list[str], Query()] = [],  # noqa: B006
-    q: str | None = None, sort: str = "updated_at", cursor: str | None = None, limit: Limit = 50,
+    q: Annotated[str | None, Query(description=SEARCH_DOC)] = None,
+    base: Annotated[str | None, Query(description=BASE_DOC)] = None,
+    sort: str = "updated_at", cursor: str | None = None, limit: Limit = 50,
 ) -> s.Page:
+    """Adapters the caller may read, newest push first (``sort=name``: by name); the same
+    service and filters as the UI's adapter list."""
     if namespace:
         check_namespace(namespace)
+    flt = AdapterFilter(scope=ctx.principal.scope, namespace=namespace,
+                        labels=parse_labels(label), search=q, base=base, sort=sort)
     with ctx.tx() as session:
-        page = adapters.list_adapters(
-            session, namespace=namespace, scope=ctx.principal.scope, label=parse_labels(label),
-            query=q, sort=sort, cursor=cursor, limit=limit,
-        )
+        page = adapters.list_adapters(session, flt, cursor=cursor, limit=limit)
         return s.Page(items=[s.AdapterOut.of(a) for a in page.items],
                       next_cursor=page.next_cursor)
 
