@@ -1,20 +1,12 @@
 """``lorareg``: the command-line client of a lorareg server.
 
-Exit codes (also in ``lorareg --help``):
-
-====  ==============================================================
-0     success
-1     usage error (bad flags or arguments), local file error, Ctrl-C
-2     not found
-3     conflict (already exists, revision mismatch, cancelled job, aborted rollout)
-4     invalid input, invalid adapter or incompatible base
-5     authentication or permission failure
-6     server or network failure (also a job that failed otherwise, a wait that timed out)
-7     a ``lorareg gate`` requirement is not met
-====  ==============================================================
+Exit codes: ``registry.errors.EXIT_CODES`` says what each means; ``lorareg --help`` shows
+them (:func:`exit_codes_epilog`), and every error class carries its own.
 
 An expected failure prints exactly one line, ``error: <detail>``, on stderr (with ``--json``
-the problem document is also printed on stdout) and never a traceback.
+the problem document is also printed on stdout) and never a traceback. Click's usage errors
+are :class:`~registry.errors.UsageError` s like any other (exit 1, not click's 2, which
+means "not found" here).
 
 Commands are added with ``main.add_command`` (``serve`` and ``db`` come from ``cli.server``).
 """
@@ -48,23 +40,20 @@ from cli import (
     transfer,
 )
 from cli.app import App
-from registry.errors import RegistryError
+from registry.errors import EXIT_CODES, RegistryError, UsageError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-EXIT_USAGE = 1
-EXIT_INTERRUPTED = 1
 
-EPILOG = """\b
-Exit codes:
-  0  success
-  1  usage error (bad flags or arguments), local file error, interrupted
-  2  not found
-  3  conflict (already exists, revision mismatch, cancelled job, aborted rollout)
-  4  invalid input, invalid adapter or incompatible base
-  5  authentication or permission failure
-  6  server or network failure (also a failed job, a wait that timed out)
-  7  a 'lorareg gate' requirement is not met
-"""
+
+def exit_codes_epilog() -> str:
+    """The ``--help`` epilog: ``EXIT_CODES``, one line each, Markdown's backticks as quotes
+    (click keeps the lines of a paragraph that starts with ``\\b`` as they are)."""
+    lines = [f"  {code}  {_plain(meaning)}" for code, meaning in EXIT_CODES.items()]
+    return "\n".join(["\b", "Exit codes:", *lines])
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("`", "'")
 
 
 def report_error(err: RegistryError, as_json: bool) -> None:
@@ -72,6 +61,15 @@ def report_error(err: RegistryError, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(err.to_problem(), default=str))
     click.echo(f"error: {' '.join(err.detail.split())}", err=True)
+
+
+def usage_error(exc: click.ClickException) -> UsageError:
+    """Click's complaint as one line, naming the help to read for a wrong flag or argument."""
+    detail = exc.format_message()
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        end = "" if detail.endswith((".", "?", "!")) else "."
+        detail = f"{detail}{end} See '{exc.ctx.command_path} --help'."
+    return UsageError(detail)
 
 
 class LoraregGroup(click.Group):
@@ -85,8 +83,8 @@ class LoraregGroup(click.Group):
             report_error(err, as_json=bool(app and app.json))
             ctx.exit(err.exit_code)
         except OSError as err:
-            click.echo(f"error: {err}", err=True)
-            ctx.exit(EXIT_USAGE)
+            report_error(UsageError(str(err)), as_json=False)
+            ctx.exit(UsageError.exit_code)
 
     def main(
         self, args: Sequence[str] | None = None, prog_name: str | None = None,
@@ -98,10 +96,11 @@ class LoraregGroup(click.Group):
             code = super().main(args, prog_name, complete_var, False, **extra)
         except click.Abort:
             click.echo("Aborted!", err=True)
-            code = EXIT_INTERRUPTED
+            code = UsageError.exit_code  # interrupted (Ctrl-C, or no to a prompt)
         except click.ClickException as exc:
-            exc.show()
-            code = EXIT_USAGE  # click uses 2 for usage errors; 2 means "not found" here
+            err = usage_error(exc)
+            report_error(err, as_json=False)
+            code = err.exit_code  # click uses 2 for usage errors; 2 means "not found" here
         except RegistryError as err:  # raised outside a command, e.g. while parsing
             report_error(err, as_json=False)
             code = err.exit_code
@@ -109,7 +108,7 @@ class LoraregGroup(click.Group):
 
 
 @click.group(
-    cls=LoraregGroup, epilog=EPILOG,
+    cls=LoraregGroup, epilog=exit_codes_epilog(),
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--url", envvar="LORAREG_URL", metavar="URL",

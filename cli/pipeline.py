@@ -16,7 +16,7 @@ from registry.client import Client, job_error
 from registry.refs import parse_ref
 from registry.services.gates import Gate, evaluate, parse_gate
 
-GATE_FAILED = 7
+GATE_FAILED = errors.GateFailed.exit_code  # 7: registry.errors.EXIT_CODES
 
 
 @dataclass

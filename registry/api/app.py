@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any
@@ -13,7 +12,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry import __version__, ui
-from registry.api import docs, problems
+from registry.api import docs, operation_ids, problems
 from registry.api.fast_path import ResolveFastPath
 from registry.api.routes import (
     adapters,
@@ -86,12 +85,7 @@ class BodyLimit:
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    problem = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes").to_problem()
-    body = json.dumps(problem).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await problems.send(send, PayloadTooLarge(f"request body exceeds the limit of {limit} bytes"))
 
 
 class UICompression:
@@ -122,7 +116,8 @@ def create_app(
                   auth_required=settings.auth_required(host))
     app = FastAPI(title="lorareg", version=__version__,
                   description="Registry and lifecycle service for LoRA adapters",
-                  docs_url=None, redoc_url=None)  # ours: registry/api/docs.py
+                  docs_url=None, redoc_url=None,  # ours: registry/api/docs.py
+                  generate_unique_id_function=operation_ids.operation_id)
     app.state.lorareg = state
     problems.install(app)
     # resolve first: it is the hot path, and routes are matched in order.

@@ -1,26 +1,34 @@
 """One mapping from errors to RFC 7807 ``application/problem+json``; no stack traces leak.
 
+Every problem document the API sends is built by :func:`render` from a class of
+``registry.errors``: its own errors, request validation (``ValidationFailed``), Starlette's
+404/405/416 (``errors.for_status``), body limits, numbers out of range and unexpected
+failures (``RegistryError``, 500). ASGI middleware that answer before the app use :func:`send`.
+
 The same module makes ``/openapi.json`` say so: every operation documents the problem
-statuses it can answer with (see :func:`document`), with the ``Problem`` schema below.
+statuses it can answer with (see :func:`document`), with the ``Problem`` schema below and,
+per status, the codes of the classes that answer with it.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry import errors
 from registry.api.deps import get_ctx
 from registry.errors import RegistryError
 from registry.observability import request_id_var
@@ -29,72 +37,89 @@ log = logging.getLogger("lorareg.api")
 PROBLEM = "application/problem+json"
 
 
-def problem_response(
-    problem: dict[str, Any], headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(problem, status_code=problem["status"], media_type=PROBLEM,
-                        headers=headers)
+class Rendered(NamedTuple):
+    """A problem answer, ready to send: status, headers (with ``Content-Type``) and body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
 
-def _registry_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RegistryError)
-    return problem_response(exc.to_problem(), _error_headers(exc))
+def render(error: RegistryError, headers: Mapping[str, str] | None = None) -> Rendered:
+    """The answer for ``error``: its problem document, and the headers its class implies
+    (``WWW-Authenticate``, ``Retry-After``, ...) over ``headers``."""
+    # default=str: a helpful field that JSON cannot carry must not turn the answer into a 500.
+    body = json.dumps(error.to_problem(), ensure_ascii=False, separators=(",", ":"),
+                      default=str).encode()
+    out = {**(headers or {}), **_error_headers(error), "Content-Type": PROBLEM}
+    return Rendered(error.status_code, out, body)
 
 
-def _error_headers(exc: RegistryError) -> dict[str, str] | None:
+def problem_response(error: RegistryError, headers: Mapping[str, str] | None = None
+                     ) -> Response:
+    status, out, body = render(error, headers)
+    return Response(body, status_code=status, headers=out)
+
+
+async def send(send: Send, error: RegistryError) -> None:
+    """Answer ``error`` from ASGI middleware, before (or instead of) the app."""
+    status, headers, body = render(error)
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error_headers(exc: RegistryError) -> dict[str, str]:
     if exc.status_code == 401:
         return {"WWW-Authenticate": "Bearer"}
     if exc.status_code == 408:
         # The client stalled mid-body: close rather than keep reading what it may still send.
         return {"Connection": "close"}
+    if isinstance(exc, errors.RangeNotSatisfiable) and "size" in exc.extra:
+        return {"Content-Range": f"bytes */{exc.extra['size']}"}
     if "retry_after" in exc.extra:
         return {"Retry-After": str(exc.extra["retry_after"])}
-    return None
+    return {}
 
 
-def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+def _registry_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)
+    return problem_response(exc)
+
+
+def _validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [
+    issues = [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
         for e in exc.errors()
     ]
-    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    first = issues[0] if issues else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"])
-    return problem_response({
-        "type": "https://lorareg.dev/problems/validation_failed", "title": "Validation failed",
-        "status": 422, "code": "validation_failed",
-        "detail": f"{where}: {first['msg']}" if where else str(first["msg"]), "errors": errors,
-    })
+    detail = f"{where}: {first['msg']}" if where else str(first["msg"])
+    return problem_response(errors.ValidationFailed(detail, errors=issues))
 
 
-def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def _http_error(_request: Request, exc: Exception) -> Response:
+    """Starlette's and FastAPI's own refusals (no route, wrong method, a body that is not
+    JSON), and ours raised as HTTPException: the class of their status."""
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-            416: "range_not_satisfiable"}.get(exc.status_code, "http_error")
-    return problem_response({
-        "type": f"https://lorareg.dev/problems/{code}", "title": str(exc.detail),
-        "status": exc.status_code, "code": code, "detail": str(exc.detail),
-    }, dict(exc.headers) if exc.headers else None)
+    if exc.status_code < 400:  # not an error (e.g. a 304 raised as one): no problem body
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return problem_response(errors.for_status(exc.status_code)(str(exc.detail)), exc.headers)
 
 
-def _out_of_range(_request: Request, exc: Exception) -> JSONResponse:
+def _out_of_range(_request: Request, exc: Exception) -> Response:
     # A number too large for the database or for a time span: the client's input, not ours.
-    return problem_response({
-        "type": "https://lorareg.dev/problems/bad_request", "title": "Bad request",
-        "status": 400, "code": "bad_request",
-        "detail": "a number in the request is out of range",
-    })
+    return problem_response(errors.BadRequest("a number in the request is out of range"))
 
 
-def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+def _unexpected(_request: Request, exc: Exception) -> Response:
     request_id = request_id_var.get()  # set by RequestObserver for the whole request
     # exc_info=exc: handlers may run outside the except block, where exception() logs nothing.
     log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
-    return problem_response({
-        "type": "https://lorareg.dev/problems/internal", "title": "Internal error",
-        "status": 500, "code": "internal",
-        "detail": f"internal error (request id {request_id}); see the server log",
-    })
+    return problem_response(RegistryError(
+        f"internal error (request id {request_id}); see the server log"))
 
 
 class InternalErrors:
@@ -170,7 +195,8 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "title": {"type": "string"},
         "status": {"type": "integer", "minimum": 400, "maximum": 599},
         "code": {"type": "string",
-                 "description": "stable slug, one per class of registry.errors"},
+                 "description": "stable slug, one per class of registry.errors; each error "
+                                "answer's examples name the codes of its status"},
         "detail": {"type": "string"},
         "errors": {"type": "array", "items": {"$ref": SCHEMAS + "ValidationIssue"},
                    "description": "validation_failed: every invalid field"},
@@ -193,6 +219,8 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "retry_after": {"type": "integer",
                         "description": "too_many_requests: seconds to wait (as Retry-After)"},
         "limit": {"type": "integer", "description": "too_many_requests: the limit reached"},
+        "size": {"type": "integer",
+                 "description": "range_not_satisfiable: the size of what was asked for"},
     },
     "additionalProperties": True,
 }
@@ -278,8 +306,11 @@ def _problem(status: int, declared: dict[str, Any]) -> dict[str, Any]:
     headers = dict(declared.get("headers", {}))
     if status == 401:
         headers["WWW-Authenticate"] = header("Bearer")
-    out: dict[str, Any] = {"description": description,
-                           "content": {PROBLEM: {"schema": {"$ref": SCHEMAS + "Problem"}}}}
+    body: dict[str, Any] = {"schema": {"$ref": SCHEMAS + "Problem"}}
+    codes = _codes(status)
+    if codes:
+        body["examples"] = {code: {"$ref": EXAMPLES + code} for code in codes}
+    out: dict[str, Any] = {"description": description, "content": {PROBLEM: body}}
     if headers:
         out["headers"] = headers
     return out
@@ -313,7 +344,29 @@ def document(spec: dict[str, Any], routes: Sequence[BaseRoute]) -> dict[str, Any
     schemas["Problem"] = copy.deepcopy(PROBLEM_SCHEMA)
     schemas["ValidationIssue"] = copy.deepcopy(VALIDATION_ISSUE_SCHEMA)
     spec["components"]["schemas"] = dict(sorted(schemas.items()))
+    spec["components"]["examples"] = {cls.code: _example(cls) for cls in _sent()}
     return spec
+
+
+# --- Problem codes in the document: one example per class the API sends ----------------------
+
+EXAMPLES = "#/components/examples/"
+
+
+def _sent() -> list[type[RegistryError]]:
+    """The classes whose problems the API sends (the client-side ones it never does)."""
+    return [cls for cls in errors.classes() if not cls.client_side]
+
+
+def _codes(status: int) -> list[str]:
+    """The codes an answer with ``status`` may carry."""
+    return [cls.code for cls in _sent() if cls.status_code == status]
+
+
+def _example(cls: type[RegistryError]) -> dict[str, Any]:
+    doc = cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else cls.title
+    return {"summary": f"{cls.code}: {cls.title}", "description": " ".join(doc.split()),
+            "value": cls(cls.title).to_problem()}
 
 
 # What FastAPI cannot infer for the blob and resolve routes (registry/api/routes/blobs.py and

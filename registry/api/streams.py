@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from registry.blobs import CHUNK_SIZE, BlobInfo, BlobWriter
-from registry.errors import BadRequest, RequestTimeout
+from registry.errors import BadRequest, RangeNotSatisfiable, RequestTimeout
 
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
@@ -121,7 +120,6 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     else:
         start, end = max(size - int(last), 0), size
     if start >= size or start >= end:
-        raise HTTPException(
-            416, "range not satisfiable", headers={"Content-Range": f"bytes */{size}"}
-        )
+        raise RangeNotSatisfiable(f"range {header.strip()!r} is not satisfiable: the blob has "
+                                  f"{size} bytes", size=size)  # Content-Range: bytes */size
     return start, end

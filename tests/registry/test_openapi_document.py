@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from registry import errors
 from registry.api.problems import PROBLEM
 from tests.fixtures.api import Api
 
@@ -43,7 +44,37 @@ def test_every_error_is_a_documented_problem(spec: dict[str, Any]) -> None:
             assert 404 in statuses, (method, path)
         for code, answer in op["responses"].items():
             if int(code) >= 400:
-                assert answer["content"] == {PROBLEM: {"schema": PROBLEM_REF}}, (method, path)
+                assert list(answer["content"]) == [PROBLEM], (method, path)
+                assert answer["content"][PROBLEM]["schema"] == PROBLEM_REF, (method, path)
+
+
+def test_every_documented_problem_code_is_an_error_class(spec: dict[str, Any]) -> None:
+    """Each error answer names, as examples, the codes of the classes that answer with its
+    status; each example is that class's problem document; every class the API sends is
+    documented, and no class that only the client raises."""
+    examples = spec["components"]["examples"]
+    sent = {cls.code for cls in errors.classes() if not cls.client_side}
+    assert set(examples) == sent
+    for code, example in examples.items():
+        cls = errors.for_code(code)
+        assert cls is not None and example["value"] == cls(cls.title).to_problem(), code
+    documented: set[str] = set()
+    for method, path, op in operations(spec):
+        for status, answer in op["responses"].items():
+            if int(status) < 400:
+                continue
+            named = answer["content"][PROBLEM]["examples"]
+            assert named, (method, path, status)
+            for code, ref in named.items():
+                assert ref == {"$ref": f"#/components/examples/{code}"}, (method, path)
+                cls = errors.for_code(code)
+                assert cls is not None and cls.status_code == int(status), (method, path, code)
+                documented.add(code)
+    # Answered by routing or by parts of the app no operation declares on its own:
+    undeclared = {"method_not_allowed", "precondition_failed"}
+    assert documented == sent - undeclared
+    assert {cls.code for cls in errors.classes() if cls.client_side} == {
+        "engine_refused", "engine_unavailable", "usage_error", "gate_failed"}
 
 
 def test_operations_that_know_their_caller_document_401_and_403(spec: dict[str, Any]) -> None:
