@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from registry.db import insert_ignore
 from registry.errors import Conflict, IncompatibleBase, InvalidAdapter, NotFound, PermissionDenied
-from registry.models import Adapter, AdapterVersion, Channel, ChannelEvent, utcnow
-from registry.refs import check_channel
+from registry.models import Adapter, AdapterVersion, Channel, ChannelEvent, Namespace, utcnow
+from registry.refs import check_channel, check_namespace
 from registry.services import adapters, audit, desired_sets, metrics, profiles
 from registry.services.context import Actor
 from registry.services.pagination import Page, paginate_by_id
@@ -63,6 +63,15 @@ def list_channels(session: Session, adapter_name: str) -> list[Channel]:
     adapter = adapters.get_adapter(session, adapter_name)
     return list(session.scalars(select(Channel).where(Channel.adapter_id == adapter.id)
                                 .order_by(Channel.name)))
+
+
+def in_namespace(session: Session, namespace: str, name: str) -> list[Channel]:
+    """Channel ``name`` of every adapter of ``namespace`` that has one, by adapter name."""
+    return list(session.scalars(
+        select(Channel).join(Adapter, Channel.adapter_id == Adapter.id)
+        .join(Namespace, Adapter.namespace_id == Namespace.id)
+        .where(Namespace.name == check_namespace(namespace), Channel.name == check_channel(name))
+        .order_by(Adapter.name)))
 
 
 def check_cas(channel: Channel, change: Change) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy import select
 
 from registry.api import schemas as s
 from registry.api.resolve_answers import (
@@ -20,8 +19,8 @@ from registry.api.resolve_answers import (
     snapshot,
     split_target,
 )
-from registry.models import Adapter, Channel, Namespace
 from registry.refs import check_channel, check_namespace, parse_adapter_name
+from registry.services import channels
 from registry.services.resolve import choose
 from registry.web.context import CtxDep
 
@@ -71,8 +70,4 @@ def resolve_namespace(ns: str, ctx: CtxDep,
     check_channel(channel)
     ctx.require("read", ns)
     with ctx.tx() as session:
-        rows = session.scalars(
-            select(Channel).join(Adapter, Channel.adapter_id == Adapter.id)
-            .join(Namespace, Adapter.namespace_id == Namespace.id)
-            .where(Namespace.name == ns, Channel.name == channel).order_by(Adapter.name))
-        return [s.ChannelOut.of(c) for c in rows]
+        return [s.ChannelOut.of(c) for c in channels.in_namespace(session, ns, channel)]
