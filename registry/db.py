@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -98,3 +98,10 @@ def transaction(factory: sessionmaker[Session], *, readonly: bool = False) -> It
         raise
     finally:
         session.close()
+
+
+def ping(factory: sessionmaker[Session]) -> None:
+    """``SELECT 1`` in a read-only transaction (it queues behind no writer): readiness checks
+    call it and turn whatever the driver raises into their own answer."""
+    with transaction(factory, readonly=True) as session:
+        session.execute(text("SELECT 1"))

@@ -8,13 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from registry import __version__
 from registry.api import problems
 from registry.api import schemas as s
 from registry.api.deps import CtxDep, State, get_state
-from registry.db import transaction
+from registry.db import ping
 from registry.errors import NotFound, PermissionDenied, StorageError
 from registry.models import ApiToken, utcnow
 from registry.services import audit, tokens
@@ -34,8 +33,7 @@ def healthz() -> dict[str, str]:
 def readyz(state: StateDep) -> dict[str, str]:
     """Readiness: the database answers and the blob store is reachable."""
     try:
-        with transaction(state.sessions, readonly=True) as session:  # queues behind no writer
-            session.execute(text("SELECT 1"))
+        ping(state.sessions)
     except Exception as exc:
         raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
     state.store.check()
