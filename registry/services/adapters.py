@@ -145,6 +145,22 @@ def update_adapter(
     return adapter
 
 
+KEEP_LAST_MAX = 100_000
+
+
+def set_retention(session: Session, actor: Actor, full_name: str, keep_last: int | None
+                  ) -> Adapter:
+    """Keep the newest ``keep_last`` versions (plus any a channel serves; see
+    :func:`registry.services.gc.apply_retention`); None keeps every version."""
+    if keep_last is not None and not 1 <= keep_last <= KEEP_LAST_MAX:
+        raise BadRequest(f"keep_last must be between 1 and {KEEP_LAST_MAX}, or null")
+    adapter = get_adapter(session, full_name, for_update=True)
+    adapter.keep_last = keep_last
+    audit.record(session, actor, "adapter.retention", "adapter", full_name,
+                 namespace=adapter.namespace.name, payload={"keep_last": keep_last})
+    return adapter
+
+
 ADAPTER_SORTS = ("updated_at", "name")
 
 

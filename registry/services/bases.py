@@ -32,6 +32,7 @@ from registry.services import audit
 from registry.services import blobs as blob_service
 from registry.services.context import Actor
 from registry.services.inspect import inspect_adapter
+from registry.services.pagination import Page, paginate_by_id
 from registry.statuses import CompatStatus
 
 MAX_TENSORS = 200_000
@@ -57,6 +58,17 @@ def get_base(session: Session, base_id: int) -> BaseModel:
     if base is None:
         raise NotFound(f"base {base_id} not found")
     return base
+
+
+def list_bases(session: Session, *, hub_id: str | None = None, revision: str | None = None,
+               cursor: str | None = None, limit: int = 50) -> Page[BaseModel]:
+    """Registered bases, newest first; ``hub_id`` and ``revision`` match exactly."""
+    stmt = select(BaseModel)
+    if hub_id:
+        stmt = stmt.where(BaseModel.hub_id == hub_id)
+    if revision:
+        stmt = stmt.where(BaseModel.revision == revision)
+    return paginate_by_id(session, stmt, BaseModel.id, cursor=cursor, limit=limit)
 
 
 def manifest_shapes(base: BaseModel) -> dict[str, tuple[str, tuple[int, ...]]]:

@@ -127,10 +127,15 @@ def list_tokens(session: Session, *, namespace: str | None = None) -> Sequence[A
     return list(session.scalars(stmt))
 
 
-def revoke_token(session: Session, actor: Actor, token_id: str) -> ApiToken:
+def revoke_token(session: Session, actor: Actor, token_id: str, *,
+                 namespace: str | None = None) -> ApiToken:
+    """Revoke a token (again: a no-op). ``namespace``: the revoker's, when its token is scoped
+    to one; a namespace admin may only revoke that namespace's tokens."""
     row = session.get(ApiToken, token_id, with_for_update=True)
     if row is None:
         raise NotFound(f"token {token_id!r} not found")
+    if namespace is not None and row.namespace != namespace:
+        raise PermissionDenied("a namespace admin may only revoke that namespace's tokens")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         audit.record(session, actor, "token.revoked", "token", token_id, namespace=row.namespace)
