@@ -240,11 +240,12 @@ def decide(spec: GateSpec, control: Measurement, candidate: Measurement,
     state = state or GateState()
     _check_data(spec, control, candidate)
     arms = _summary(spec, control), _summary(spec, candidate)
-    difference = _difference(spec, control, candidate)
+    estimates = _estimate(spec, control), _estimate(spec, candidate)
+    difference = _difference(spec, arms, estimates)
     if min(control.n, candidate.n) < spec.min_samples:
         evidence = _Evidence("none", UNTESTED, NAN_PAIR, _carried(spec, state), state.tau)
         return _decision(spec, arms, difference, evidence, Verdict.INSUFFICIENT, state)
-    evidence = _evidence(spec, control, candidate, state)
+    evidence = _evidence(spec, (control, candidate), estimates, state)
     if evidence.p.p_fail <= spec.alpha:
         verdict = Verdict.FAIL
     else:
@@ -293,14 +294,14 @@ def _summary(spec: GateSpec, m: Measurement) -> ArmSummary:
                       *inference.quantile_interval(m, q, spec.confidence))
 
 
-def _difference(spec: GateSpec, control: Measurement, candidate: Measurement
-                ) -> tuple[float, tuple[float, float]]:
+def _difference(spec: GateSpec, arms: tuple[ArmSummary, ArmSummary],
+                estimates: tuple[Normal, Normal]) -> tuple[float, tuple[float, float]]:
     """``candidate - control`` (raw estimates) and its interval from the tests' estimates.
 
     For rates this is the Agresti-Caffo interval, centred on the adjusted difference.
     """
-    c, o = _estimate(spec, candidate), _estimate(spec, control)
-    raw = _summary(spec, candidate).estimate - _summary(spec, control).estimate
+    (o, c), (control, candidate) = estimates, arms
+    raw = candidate.estimate - control.estimate
     ci = _normal_interval(Normal(c.estimate - o.estimate, math.hypot(c.se, o.se)),
                           spec.confidence)
     return raw, ci
@@ -310,17 +311,17 @@ def _testable(e: Normal) -> bool:
     return math.isfinite(e.estimate) and math.isfinite(e.se) and e.se > 0
 
 
-def _evidence(spec: GateSpec, control: Measurement, candidate: Measurement,
-              state: GateState) -> _Evidence:
+def _evidence(spec: GateSpec, arms: tuple[Measurement, Measurement],
+              estimates: tuple[Normal, Normal], state: GateState) -> _Evidence:
+    (control, candidate), (o, c) = arms, estimates
+    e = inference.excess(c, o, spec.shape)
     if isinstance(control, Counts) or isinstance(candidate, Counts):
-        e = inference.excess(_estimate(spec, candidate), _estimate(spec, control), spec.shape)
         rate = control if isinstance(control, Counts) else None
         return _normal_evidence(spec, e, state, rate)
     if spec.quantile is None:
         return _rank_evidence(spec, control, candidate)
     if spec.method == Method.FIXED:
-        return _bootstrap_evidence(spec, spec.quantile, control, candidate)
-    e = inference.excess(_estimate(spec, candidate), _estimate(spec, control), spec.shape)
+        return _bootstrap_evidence(spec, spec.quantile, (control, candidate), e)
     return _normal_evidence(spec, e, state)
 
 
@@ -356,11 +357,9 @@ def _tau(spec: GateSpec, state: GateState, control_rate: Counts | None) -> float
     return spec.margin * inference.adjusted_rate(control_rate).estimate
 
 
-def _bootstrap_evidence(spec: GateSpec, q: float, control: Distribution,
-                        candidate: Distribution) -> _Evidence:
-    replicates = inference.bootstrap_excess(control, candidate, q, spec.shape,
-                                            spec.resamples, spec.seed)
-    point = inference.excess(_estimate(spec, candidate), _estimate(spec, control), spec.shape)
+def _bootstrap_evidence(spec: GateSpec, q: float, arms: tuple[Distribution, Distribution],
+                        point: Normal) -> _Evidence:
+    replicates = inference.bootstrap_excess(*arms, q, spec.shape, spec.resamples, spec.seed)
     return _Evidence("bootstrap", point,
                      inference.percentile_interval(replicates, spec.confidence),
                      inference.bootstrap_test(replicates))

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import ndtr, ndtri
-from scipy.stats import mannwhitneyu
 
 from registry.stats.measures import (
     Counts,
@@ -175,6 +174,8 @@ def rate_test(control: Counts, candidate: Counts, m: Margin) -> tuple[Normal, On
 
 def mann_whitney(control: Samples, candidate: Samples, m: Margin) -> OneSided:
     """Mann-Whitney U of the candidate moved onto the boundary against the control."""
+    from scipy.stats import mannwhitneyu  # here: importing scipy.stats takes about a second
+
     x = candidate.array()
     moved = x / (1.0 + m.sign * m.delta) if m.relative else x - m.sign * m.delta
     greater = float(mannwhitneyu(moved, control.array(), alternative="greater").pvalue)
