@@ -128,11 +128,22 @@ def test_the_web_context_imports_neither_api_nor_ui() -> None:
     assert not stale, f"no longer needed, remove from WEB_EXCEPTIONS: {stale}"
 
 
-def test_the_client_talks_to_the_registry_over_http_only() -> None:
-    offenders([i for i in all_imports("registry.client")
-               if i.of("registry.services", "registry.models", "registry.db", "registry.api",
-                       "registry.ui", "registry.web", "registry.blobs", "sqlalchemy",
-                       "fastapi", "starlette", "cli", "merge_worker")])
+#: What code on the client side of HTTP never imports: it may run on a host that reaches
+#: nothing but the API (and the blob store's presigned URLs).
+SERVER_SIDE = ("registry.services", "registry.models", "registry.db", "registry.api",
+               "registry.ui", "registry.web", "registry.blobs", "registry.prometheus",
+               "sqlalchemy", "fastapi", "starlette", "cli", "merge_worker")
+
+
+@pytest.mark.parametrize("room", ["registry.client", "registry.serving", "registry.wire"])
+def test_the_client_side_talks_to_the_registry_over_http_only(room: str) -> None:
+    offenders([i for i in all_imports(room) if i.of(*SERVER_SIDE)])
+
+
+def test_the_statistics_are_pure() -> None:
+    offenders([i for i in all_imports("registry.stats")
+               if i.of(*SERVER_SIDE, "registry.client", "registry.serving", "httpx",
+                       "urllib3", "boto3", "registry.config")])
 
 
 def test_the_worker_uses_services_not_the_web_rooms() -> None:
