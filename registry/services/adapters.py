@@ -38,6 +38,17 @@ def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def parse_label_filters(items: Sequence[str]) -> dict[str, str]:
+    """``["k=v", ...]`` (a query string's repeated ``label``) as the pairs a filter matches."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadRequest(f"label filter {item!r} must look like key=value")
+        out[key] = value
+    return out
+
+
 def create_namespace(
     session: Session, actor: Actor, name: str, description: str = ""
 ) -> Namespace:

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from registry.api.routes.adapters import parse_labels
 from registry.errors import NotFound
 from registry.models import Rollout
 from registry.refs import Ref, check_namespace, parse_adapter_name
@@ -53,8 +52,8 @@ def adapter_list(
         check_namespace(namespace)
     label = [item for item in label if item.strip()]  # an empty filter field filters nothing
     flt = AdapterFilter(scope=ctx.principal.scope, namespace=namespace or None,
-                        labels=parse_labels(label), search=q or None, base=base or None,
-                        sort=sort)
+                        labels=adapters.parse_label_filters(label), search=q or None,
+                        base=base or None, sort=sort)
     with ctx.tx() as session:
         found = adapters.list_adapters(session, flt, cursor=cursor, limit=limit)
         page = Page(summaries.adapters(session, found.items), found.next_cursor)
