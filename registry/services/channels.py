@@ -37,15 +37,30 @@ class Change:
 
 def get_channel(session: Session, adapter_name: str, name: str, *, for_update: bool = False
                 ) -> Channel:
+    """A channel; ``for_update``: under its row lock, as it is once the lock is ours."""
     adapter = adapters.get_adapter(session, adapter_name)
     stmt = select(Channel).where(Channel.adapter_id == adapter.id,
                                  Channel.name == check_channel(name))
-    if for_update:
-        stmt = stmt.with_for_update(of=Channel).execution_options(populate_existing=True)
     channel = session.scalar(stmt)
     if channel is None:
         raise NotFound(f"channel {adapter_name}:{name} not found")
-    return channel
+    return lock(session, channel.id) if for_update else channel
+
+
+def lock(session: Session, channel_id: int) -> Channel:
+    """Take a channel's row lock, then read the channel and the versions it points at.
+
+    Two statements on purpose: on PostgreSQL a ``SELECT ... FOR UPDATE`` that waited for
+    another transaction's lock returns the locked row as that transaction left it, but the rows
+    the same statement joins to it (the stable and canary versions) as they were before the
+    wait, so a promotion that held the lock would be missed (a wrong "from" in the history, no
+    stable to compare a canary with). The second statement starts after the wait and sees all
+    of it; ``populate_existing`` overwrites what this session had loaded before.
+    """
+    session.execute(select(Channel.id).where(Channel.id == channel_id)
+                    .with_for_update(of=Channel))
+    return session.scalars(select(Channel).where(Channel.id == channel_id)
+                           .execution_options(populate_existing=True)).one()
 
 
 def ensure_channel(session: Session, actor: Actor, adapter: Adapter, name: str) -> Channel:

@@ -204,11 +204,7 @@ def bind(session: Session, actor: Actor, store: BlobStore, pool: ServingPool, ch
     ref = _channel_ref(channel_ref)
     _same_namespace(pool, ref.namespace, f"channel {channel_ref}")
     adapter = adapters.get_adapter(session, ref.adapter)
-    channel = channels.ensure_channel(session, actor, adapter, str(ref.channel))
-    # Read it again now that it is locked: on PostgreSQL, a row whose lock we waited for comes
-    # back updated, but the versions joined to it by the same statement are those of before
-    # the wait (a promotion that held the lock would be missed).
-    session.refresh(channel)
+    channel = channels.ensure_channel(session, actor, adapter, str(ref.channel))  # read locked
     pool = sets.lock(session, [pool.id])[0]
     active = session.scalars(select(AdapterVersion).where(
         AdapterVersion.adapter_id == adapter.id,

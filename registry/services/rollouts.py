@@ -165,9 +165,7 @@ def _lock_for_rollback(session: Session, channel: Channel) -> Channel:
         rollout_id = channel.rollout_id
         if rollout_id is not None:
             get_rollout(session, rollout_id, for_update=True)
-        channel = session.scalars(select(Channel).where(Channel.id == channel.id)
-                                  .with_for_update(of=Channel)
-                                  .execution_options(populate_existing=True)).one()
+        channel = channels.lock(session, channel.id)
         if channel.rollout_id in (None, rollout_id):
             return channel
     raise Conflict(f"{channels.channel_name(channel)} keeps changing; retry the rollback")
@@ -213,9 +211,7 @@ def tick(session: Session, *, limit: int = 20) -> list[int]:
             .with_for_update(of=Rollout, skip_locked=True))
     acted = []
     for rollout in session.scalars(stmt).all():
-        channel = session.scalars(select(Channel).where(Channel.id == rollout.channel_id)
-                                  .with_for_update(of=Channel)).one()
-        _decide(session, rollout, channel, now)
+        _decide(session, rollout, channels.lock(session, rollout.channel_id), now)
         acted.append(rollout.id)
     return acted
 
@@ -353,9 +349,7 @@ def _require_active(rollout: Rollout) -> None:
 
 
 def _locked_channel(session: Session, rollout: Rollout, change: Change) -> Channel:
-    channel = session.scalars(select(Channel).where(Channel.id == rollout.channel_id)
-                              .with_for_update(of=Channel)
-                              .execution_options(populate_existing=True)).one()
+    channel = channels.lock(session, rollout.channel_id)
     channels.check_cas(channel, change)
     return channel
 
