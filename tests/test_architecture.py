@@ -135,6 +135,18 @@ SERVER_SIDE = ("registry.services", "registry.models", "registry.db", "registry.
                "sqlalchemy", "fastapi", "starlette", "cli", "merge_worker")
 
 
+#: Modules that still import the compatibility names of registry/api/deps.py (its request
+#: context moved to registry.web.context): the list only shrinks, then deps.py goes.
+DEPS_IMPORTERS = {"registry.api.routes.blobs"}
+
+
+def test_only_listed_modules_import_the_old_request_context() -> None:
+    importers = {i.module for i in all_imports("registry", "cli", "merge_worker")
+                 if i.of("registry.api.deps")}
+    assert importers <= DEPS_IMPORTERS, importers - DEPS_IMPORTERS
+    assert not DEPS_IMPORTERS - importers, "no longer importing it: remove from DEPS_IMPORTERS"
+
+
 @pytest.mark.parametrize("room", ["registry.client", "registry.serving", "registry.wire"])
 def test_the_client_side_talks_to_the_registry_over_http_only(room: str) -> None:
     offenders([i for i in all_imports(room) if i.of(*SERVER_SIDE)])

@@ -29,9 +29,9 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry import errors
-from registry.api.deps import get_ctx
 from registry.errors import RegistryError
-from registry.observability import request_id_var
+from registry.logs import request_id_var
+from registry.web.context import get_ctx
 
 log = logging.getLogger("lorareg.api")
 PROBLEM = "application/problem+json"

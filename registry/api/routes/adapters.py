@@ -9,7 +9,6 @@ from sqlalchemy.orm import Session
 
 from registry.api import problems
 from registry.api import schemas as s
-from registry.api.deps import Ctx, CtxDep
 from registry.errors import BadRequest
 from registry.manifest import FileEntry
 from registry.models import AdapterVersion
@@ -19,6 +18,7 @@ from registry.services.adapters import AdapterFilter
 from registry.services.metrics import MetricInput
 from registry.services.pagination import Page
 from registry.services.versions import PushRequest, VersionQuery, parse_metric_filter
+from registry.web.context import Ctx, CtxDep
 
 router = APIRouter(prefix="/api/v1", tags=["adapters"])
 SEARCH_DOC = "Only adapters whose name or description contains this text (any case)."

@@ -12,11 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from registry import __version__
 from registry.api import problems
 from registry.api import schemas as s
-from registry.api.deps import CtxDep, State, get_state
 from registry.db import ping
 from registry.errors import NotFound, PermissionDenied, StorageError
 from registry.models import ApiToken, utcnow
 from registry.services import audit, tokens
+from registry.web.context import CtxDep, State, get_state
 
 router = APIRouter(tags=["admin"])
 Limit = Annotated[int, Query(ge=1, le=500)]

@@ -11,7 +11,6 @@ from sqlalchemy import select
 
 from registry.api import problems
 from registry.api import schemas as s
-from registry.api.deps import CtxDep
 from registry.errors import BadRequest
 from registry.fingerprint import TensorEntry
 from registry.manifest import FileEntry
@@ -19,6 +18,7 @@ from registry.models import BaseModel
 from registry.services import bases
 from registry.services.bases import BaseRegistration
 from registry.services.pagination import paginate_by_id
+from registry.web.context import CtxDep
 
 router = APIRouter(prefix="/api/v1/bases", tags=["bases"])
 Limit = Annotated[int, Query(ge=1, le=500)]

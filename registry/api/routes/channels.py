@@ -9,13 +9,13 @@ from sqlalchemy.orm import Session
 
 from registry.api import problems
 from registry.api import schemas as s
-from registry.api.deps import Ctx, CtxDep
 from registry.api.routes.adapters import ref_of
 from registry.errors import BadRequest
 from registry.models import Channel, Rollout
 from registry.refs import Ref, parse_adapter_name
 from registry.services import channels, live, profiles, rollouts, versions
 from registry.services.channels import Change
+from registry.web.context import Ctx, CtxDep
 
 router = APIRouter(prefix="/api/v1", tags=["channels"])
 IfMatch = Annotated[str | None, Header(description="the channel revision you last read")]

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Response
 
 from registry.api import problems
 from registry.api import schemas as s
-from registry.api.deps import CtxDep
 from registry.api.routes.adapters import ref_of
 from registry.services import jobs, merges, versions
+from registry.web.context import CtxDep
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 Limit = Annotated[int, Query(ge=1, le=500)]

@@ -11,11 +11,11 @@ from sqlalchemy import select
 
 from registry.api import problems
 from registry.api import schemas as s
-from registry.api.deps import CtxDep
 from registry.egress import Guard
 from registry.models import Webhook, WebhookDelivery
 from registry.refs import check_namespace
 from registry.services import adapters, audit, gc, webhooks
+from registry.web.context import CtxDep
 
 router = APIRouter(prefix="/api/v1", tags=["operations"])
 

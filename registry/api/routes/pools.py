@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session
 from registry.api import pool_schemas as ps
 from registry.api import problems
 from registry.api import schemas as s
-from registry.api.deps import Ctx, CtxDep
 from registry.api.routes.adapters import ref_of
 from registry.models import ServingPool
 from registry.refs import check_namespace
 from registry.services import desired_sets, pools, versions
+from registry.web.context import Ctx, CtxDep
 
 router = APIRouter(prefix="/api/v1/pools", tags=["pools"])
 POOL = "/{ns}/{pool}"
