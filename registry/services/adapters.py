@@ -107,8 +107,8 @@ def get_adapter(session: Session, full_name: str, *, for_update: bool = False) -
     """Get ``ns/name``; ``for_update`` takes the adapter row lock (version counter)."""
     ns, name = parse_adapter_name(full_name)
     stmt = _adapter_stmt(ns, name)
-    if for_update:
-        stmt = stmt.with_for_update(of=Adapter)
+    if for_update:  # populate_existing: an adapter this session loaded before is re-read too
+        stmt = stmt.with_for_update(of=Adapter).execution_options(populate_existing=True)
     adapter: Adapter | None = session.scalar(stmt)
     if adapter is None:
         raise NotFound(f"adapter {full_name!r} not found")
