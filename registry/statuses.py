@@ -113,3 +113,13 @@ class StatusType(TypeDecorator[E], Generic[E]):
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
         return None if value is None else self.enum(value)
+
+
+#: Every family and set by name: the UI's templates get these as globals, so that they
+#: compare with members (``v.status == VersionStatus.YANKED``) as the Python code does.
+NAMES: dict[str, object] = {
+    "VersionStatus": VersionStatus, "CompatStatus": CompatStatus, "JobStatus": JobStatus,
+    "RolloutStatus": RolloutStatus, "PausedBy": PausedBy, "GateVerdict": GateVerdict,
+    "DeliveryStatus": DeliveryStatus, "JOB_ACTIVE": JOB_ACTIVE, "JOB_FINAL": JOB_FINAL,
+    "ROLLOUT_ACTIVE": ROLLOUT_ACTIVE, "ROLLOUT_FINAL": ROLLOUT_FINAL,
+}

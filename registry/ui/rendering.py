@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.exceptions import HTTPException
 
-from registry import __version__
+from registry import __version__, statuses
 from registry.errors import BadRequest, NotFound, RegistryError, Unauthenticated
 from registry.services.tokens import Principal
 from registry.ui import session
@@ -135,7 +135,7 @@ ENV = Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=True,
 ENV.filters.update(short=short, size=human_size, when=when, iso=iso, ago=ago,
                    percent=percent, metric=metric, http_url=http_url, pretty_json=pretty_json,
                    compact_json=compact_json)
-ENV.globals.update(app_version=__version__, target_href=target_href)
+ENV.globals.update(app_version=__version__, target_href=target_href, **statuses.NAMES)
 
 
 @dataclass
