@@ -19,6 +19,7 @@ loaded: it would stop the shared server once the adapter is evicted and asked fo
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from collections.abc import Iterator
@@ -62,19 +63,21 @@ class Cli:
     def __init__(self, server: LiveServer, transcript: list[str]) -> None:
         self.env, self.transcript = dict(server.env), transcript
 
-    def __call__(self, *args: str) -> Result:
+    def __call__(self, *args: str, record: bool = True) -> Result:
         result = CliRunner().invoke(main, list(args), env=self.env)
-        self.transcript.append(f"$ lorareg {shlex.join(args)}\n{result.stdout}{result.stderr}"
-                               f"{f'(exit {result.exit_code})' if result.exit_code else ''}")
+        if record:
+            code = f"[exit {result.exit_code}]\n" if result.exit_code else ""
+            self.transcript.append(
+                f"$ lorareg {shlex.join(args)}\n{result.stdout}{result.stderr}{code}")
         return result
 
-    def ok(self, *args: str) -> Result:
-        result = self(*args)
+    def ok(self, *args: str, record: bool = True) -> Result:
+        result = self(*args, record=record)
         assert result.exit_code == 0, (args, result.stdout, result.stderr)
         return result
 
-    def json(self, *args: str) -> Any:
-        return json.loads(self.ok("--json", *args).stdout)
+    def json(self, *args: str, record: bool = False) -> Any:
+        return json.loads(self.ok("--json", *args, record=record).stdout)
 
     def refused(self, code: int, *args: str) -> Result:
         result = self(*args)
@@ -121,8 +124,10 @@ def push(cli: Cli, model: TinyLlama, tmp: Path, adapter: str, seed: int, **kw: A
     as a training job writes it; export must rewrite that for vLLM)."""
     folder = make_adapter(model, tmp / f"{adapter.replace('/', '-')}-{seed}", seed=seed,
                           base_name="tiny/vllm-llama", **kw)
-    out = cli.json("push", str(folder), "--adapter", adapter, "--base", BASE)
-    return int(out["version"]), folder
+    pushed = cli.ok("push", str(folder), "--adapter", adapter, "--base", BASE).stdout
+    found = re.search(rf"pushed {adapter}@(\d+) ", pushed)
+    assert found, pushed
+    return int(found[1]), folder
 
 
 def resolve(cli: Cli, channel: str, canary: bool = False) -> str:
@@ -131,6 +136,7 @@ def resolve(cli: Cli, channel: str, canary: bool = False) -> str:
     for key in range(200):
         answer = cli.json("resolve", channel, "--key", f"user-{key}")
         if answer["canary"] == canary:
+            cli.ok("resolve", channel, "--key", f"user-{key}")  # for the transcript
             return str(answer["served_name"])
     raise AssertionError(f"no key of 200 resolved to the {'canary' if canary else 'stable'}")
 
@@ -155,7 +161,14 @@ class Journey:
         assert reference_tokens(model, prompt, MAX_TOKENS) not in self.expected.values()
 
     def tokens(self, name: str) -> list[int]:
-        return self.server.completion(name, self.prompt, MAX_TOKENS)
+        """vLLM's greedy tokens for ``name`` (a router's request: ``model`` = the served name)."""
+        tokens = self.server.completion(name, self.prompt, MAX_TOKENS)
+        body = {"model": name, "prompt": self.prompt, "max_tokens": MAX_TOKENS,
+                "temperature": 0, "return_token_ids": True}
+        self.cli.transcript.append(f"$ curl -s $VLLM/v1/completions -H 'Content-Type: "
+                                   f"application/json' -d '{json.dumps(body)}'\n"
+                                   f"... \"token_ids\": {tokens} ...\n")
+        return tokens
 
     def promote_v1(self) -> str:
         self.cli.ok("promote", f"{self.adapter}@{self.v1}", "--channel", "prod", "--now")
