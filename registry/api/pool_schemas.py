@@ -1,16 +1,19 @@
-"""Request and response bodies of the serving-pool routes (registry/api/routes/pools.py)."""
+"""Request bodies of the serving-pool routes (registry/api/routes/pools.py), and their response
+models (defined in :mod:`registry.wire`) built from rows."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from registry.api.schemas import In
 from registry.models import AdapterVersion, Channel, ServingPool
 from registry.services import desired_sets, pools
 from registry.vllm_architectures import DEFAULT_MAX_LORA_RANK
+from registry.wire import DesiredOut, MemberOut, PoolCheckOut, PoolDetailOut, PoolOut
+
+__all__ = ["DesiredOut", "MemberOut", "PoolCheckOut", "PoolDetailOut", "PoolOut"]
 
 ModuleName = Field(max_length=128)
 Clearable = Literal["served_model_name", "architecture", "target_modules", "max_adapter_memory"]
@@ -57,73 +60,21 @@ class PoolPatch(In):
         return pools.PoolChanges(**self.model_dump(exclude={"clear"}), clear=list(self.clear))
 
 
-class PoolOut(BaseModel):
-    name: str
-    namespace: str
-    engine: str
-    base: str
-    base_fingerprint: str
-    model_id: str
-    served_model_name: str | None
-    architecture: str | None
-    max_lora_rank: int
-    max_loras: int
-    max_cpu_loras: int
-    dtype: str
-    target_modules: list[str] | None
-    max_adapter_memory: int | None
-    drain_seconds: int
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, pool: ServingPool) -> PoolOut:
-        return cls(name=pool.full_name, namespace=pool.namespace.name, **pools.describe(pool),
+def pool_out(pool: ServingPool) -> PoolOut:
+    return PoolOut(name=pool.full_name, namespace=pool.namespace.name, **pools.describe(pool),
                    created_by=pool.created_by, created_at=pool.created_at,
                    updated_at=pool.updated_at)
 
 
-class PoolDetailOut(PoolOut):
-    channels: list[str]
-    pinned: list[str]
-
-    @classmethod
-    def detail(cls, pool: ServingPool, channels: list[Channel], pinned: list[AdapterVersion]
-               ) -> PoolDetailOut:
-        return cls(**PoolOut.of(pool).model_dump(),
-                   channels=[desired_sets.channel_label(c) for c in channels],
-                   pinned=[desired_sets.ref(v) for v in pinned])
+def pool_detail_out(pool: ServingPool, channels: list[Channel], pinned: list[AdapterVersion]
+                    ) -> PoolDetailOut:
+    return PoolDetailOut(**pool_out(pool).model_dump(),
+                         channels=[desired_sets.channel_label(c) for c in channels],
+                         pinned=[desired_sets.ref(v) for v in pinned])
 
 
-class MemberOut(BaseModel):
-    ref: str
-    served_name: str
-    manifest_digest: str
-    sources: list[str]
-    added_at: datetime | None
-    removed_at: datetime | None
-    ok: bool | None
-    problems: list[str] | None
-
-    @classmethod
-    def of(cls, e: desired_sets.Entry) -> MemberOut:
-        return cls(ref=desired_sets.ref(e.version), served_name=e.served_name,
-                   manifest_digest=e.version.manifest_digest, sources=e.sources,
-                   added_at=e.added_at, removed_at=e.removed_at,
-                   ok=None if e.problems is None else not e.problems, problems=e.problems)
-
-
-class DesiredOut(BaseModel):
-    pool: str
-    members: list[MemberOut]
-    set_problems: list[str] = Field(description="problems of the set as a whole")
-    left: list[MemberOut] = Field(description="stays that ended, newest first")
-
-
-class PoolCheckOut(BaseModel):
-    ref: str
-    pool: str
-    served_name: str
-    ok: bool
-    problems: list[str]
+def member_out(e: desired_sets.Entry) -> MemberOut:
+    return MemberOut(ref=desired_sets.ref(e.version), served_name=e.served_name,
+                     manifest_digest=e.version.manifest_digest, sources=e.sources,
+                     added_at=e.added_at, removed_at=e.removed_at,
+                     ok=None if e.problems is None else not e.problems, problems=e.problems)

@@ -1,9 +1,14 @@
-"""Request and response bodies. Inputs forbid unknown fields (a typo is an error, not a no-op)."""
+"""Request bodies, and the response models of :mod:`registry.wire` built from rows.
+
+Inputs forbid unknown fields (a typo is an error, not a no-op). Responses are defined once, in
+:mod:`registry.wire` (the client parses the same models); they are re-exported here so routers
+name every body through this module, and the functions below (``version_out``, ``job_out``,
+...) build them from ORM rows, which the wire module must not know.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,9 +24,59 @@ from registry.models import (
     Metric,
     Namespace,
     Rollout,
+    Webhook,
+    WebhookDelivery,
 )
 from registry.models import BaseModel as BaseModelRow
 from registry.services.versions import StoredConfig
+from registry.statuses import RolloutStatus
+from registry.wire import (
+    AdapterOut,
+    ArtifactOut,
+    AuditOut,
+    BaseOut,
+    BaseRefOut,
+    BlobOut,
+    ChannelEventOut,
+    ChannelOut,
+    CheckOut,
+    DeliveryOut,
+    FileOut,
+    GateEvaluationOut,
+    GcReportOut,
+    Health,
+    Items,
+    JobOut,
+    LiveAccepted,
+    ManifestOut,
+    MergeOut,
+    MetricOut,
+    MetricsOut,
+    MissingOut,
+    NamespaceOut,
+    Page,
+    PingQueued,
+    PromoteOut,
+    ResolvedFile,
+    ResolveOut,
+    RetentionReportOut,
+    RolloutOut,
+    ServerVersion,
+    TensorRow,
+    TokenOut,
+    VersionOut,
+    WebhookOut,
+    WhoAmI,
+)
+
+__all__ = [
+    "AdapterOut", "ArtifactOut", "AuditOut", "BaseOut", "BaseRefOut", "BlobOut",
+    "ChannelEventOut", "ChannelOut", "CheckOut", "DeliveryOut", "FileOut", "GateEvaluationOut",
+    "GcReportOut", "Health", "Items", "JobOut", "LiveAccepted", "ManifestOut", "MergeOut",
+    "MetricOut", "MetricsOut", "MissingOut", "NamespaceOut", "Page", "PingQueued", "PromoteOut",
+    "ResolveOut", "ResolvedFile", "RetentionReportOut", "RolloutOut", "ServerVersion",
+    "TensorRow", "TokenOut", "VersionOut", "WebhookOut", "WhoAmI",
+]
 
 
 class In(BaseModel):
@@ -31,35 +86,6 @@ class In(BaseModel):
 class NamespaceIn(In):
     name: str = Field(max_length=64)
     description: str = Field("", max_length=4096)
-
-
-class NamespaceOut(BaseModel):
-    name: str
-    description: str
-    created_at: datetime
-
-    @classmethod
-    def of(cls, ns: Namespace) -> NamespaceOut:
-        return cls(name=ns.name, description=ns.description, created_at=ns.created_at)
-
-
-class AdapterOut(BaseModel):
-    name: str
-    namespace: str
-    description: str
-    labels: dict[str, str]
-    latest_version: int | None
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, a: Adapter) -> AdapterOut:
-        return cls(
-            name=a.full_name, namespace=a.namespace.name, description=a.description,
-            labels={lab.key: lab.value for lab in a.labels},
-            latest_version=(a.next_version - 1) or None,
-            created_at=a.created_at, updated_at=a.updated_at,
-        )
 
 
 class AdapterPatch(In):
@@ -116,85 +142,8 @@ class MetricsIn(In):
     metrics: list[MetricIn] = Field(min_length=1, max_length=1000)
 
 
-class MetricOut(BaseModel):
-    key: str
-    value: float
-    dataset: str | None
-    split: str | None
-    recorded_at: datetime
-    recorded_by: str
-
-    @classmethod
-    def of(cls, m: Metric) -> MetricOut:
-        return cls(key=m.key, value=m.value, dataset=m.dataset, split=m.split,
-                   recorded_at=m.recorded_at, recorded_by=m.recorded_by)
-
-
-class FileOut(BaseModel):
-    path: str
-    digest: str
-    size: int
-
-
-class BaseRefOut(BaseModel):
-    hub_id: str
-    revision: str
-    fingerprint: str | None
-    compat_status: str
-
-
-class VersionOut(BaseModel):
-    ref: str
-    adapter: str
-    version: int
-    manifest_digest: str
-    status: str
-    yank_reason: str | None
-    base: BaseRefOut
-    files: list[FileOut]
-    # None (with peft_config_error saying why) when the stored config cannot be served: a row
-    # an older release stored unchecked degrades this one field, not the listing it is in.
-    peft_config: dict[str, Any] | None
-    peft_config_error: str | None = None
-    metrics: dict[str, float]
-    labels: dict[str, str]
-    provenance: dict[str, str]
-    pushed_by: str
-    created_at: datetime
-    total_size: int
-    created: bool | None = None
-
-    @classmethod
-    def of(cls, v: AdapterVersion, metrics: dict[str, float], config: StoredConfig,
-           created: bool | None = None) -> VersionOut:
-        name = v.adapter.full_name
-        return cls(
-            ref=f"{name}@{v.number}", adapter=name, version=v.number,
-            manifest_digest=v.manifest_digest, status=v.status, yank_reason=v.yank_reason,
-            base=BaseRefOut(
-                hub_id=v.base_hub_id, revision=v.base_revision,
-                fingerprint=v.base_model.fingerprint if v.base_model else None,
-                compat_status=v.compat_status,
-            ),
-            files=[FileOut(path=f.path, digest=f.digest, size=f.size) for f in v.files],
-            peft_config=config.value, peft_config_error=config.error, metrics=metrics,
-            labels={lab.key: lab.value for lab in v.labels}, provenance=v.provenance,
-            pushed_by=v.pushed_by, created_at=v.created_at, total_size=v.total_size,
-            created=created,
-        )
-
-
 class DigestsIn(In):
     digests: list[str] = Field(max_length=10000)
-
-
-class MissingOut(BaseModel):
-    missing: list[str]
-
-
-class BlobOut(BaseModel):
-    digest: str
-    size: int
 
 
 class TokenIn(In):
@@ -204,157 +153,8 @@ class TokenIn(In):
     expires_in_days: int | None = Field(None, ge=1, le=3650)
 
 
-class TokenOut(BaseModel):
-    id: str
-    name: str
-    role: str
-    namespace: str | None
-    created_by: str
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    last_used_at: datetime | None
-    token: str | None = None
-
-    @classmethod
-    def of(cls, t: ApiToken, plaintext: str | None = None) -> TokenOut:
-        return cls(id=t.id, name=t.name, role=t.role, namespace=t.namespace,
-                   created_by=t.created_by, created_at=t.created_at, expires_at=t.expires_at,
-                   revoked_at=t.revoked_at, last_used_at=t.last_used_at, token=plaintext)
-
-
-class AuditOut(BaseModel):
-    id: int
-    created_at: datetime
-    actor: str
-    action: str
-    target_type: str
-    target: str
-    namespace: str | None
-    payload: dict[str, Any]
-    request_id: str | None
-
-    @classmethod
-    def of(cls, e: AuditEvent) -> AuditOut:
-        return cls(id=e.id, created_at=e.created_at, actor=e.actor, action=e.action,
-                   target_type=e.target_type, target=e.target, namespace=e.namespace,
-                   payload=e.payload, request_id=e.request_id)
-
-
-class BaseOut(BaseModel):
-    id: int
-    hub_id: str
-    revision: str
-    fingerprint: str
-    tensor_count: int
-    total_bytes: int
-    files: list[FileOut]
-    created_by: str
-    created_at: datetime
-
-    @classmethod
-    def of(cls, b: BaseModelRow) -> BaseOut:
-        return cls(id=b.id, hub_id=b.hub_id, revision=b.revision, fingerprint=b.fingerprint,
-                   tensor_count=b.tensor_count, total_bytes=b.total_bytes,
-                   files=[FileOut(**f) for f in b.files], created_by=b.created_by,
-                   created_at=b.created_at)
-
-
-class WhoAmI(BaseModel):
-    actor: str
-    role: str
-    namespace: str | None
-    auth: bool
-
-
-class Page(BaseModel):
-    items: list[Any]
-    next_cursor: str | None
-
-
-class JobOut(BaseModel):
-    id: int
-    kind: str
-    status: str
-    target: str
-    namespace: str | None
-    payload: dict[str, Any]
-    attempts: int
-    max_attempts: int
-    progress: float
-    progress_message: str
-    result: dict[str, Any] | None
-    error: str | None
-    error_code: str | None
-    worker_id: str | None
-    cancel_requested: bool
-    created_by: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @classmethod
-    def of(cls, j: Job) -> JobOut:
-        return cls(id=j.id, kind=j.kind, status=j.status, target=j.target,
-                   namespace=j.namespace, payload=j.payload, attempts=j.attempts,
-                   max_attempts=j.max_attempts, progress=j.progress,
-                   progress_message=j.progress_message, result=j.result, error=j.error,
-                   error_code=j.error_code,
-                   worker_id=j.worker_id, cancel_requested=j.cancel_requested,
-                   created_by=j.created_by, created_at=j.created_at, started_at=j.started_at,
-                   finished_at=j.finished_at)
-
-
-class ArtifactOut(BaseModel):
-    id: int
-    ref: str
-    base_id: int
-    base_fingerprint: str
-    merged_fingerprint: str
-    total_size: int
-    files: list[FileOut]
-    job_id: int | None
-    created_at: datetime
-
-    @classmethod
-    def of(cls, a: MergedArtifact, ref: str) -> ArtifactOut:
-        return cls(id=a.id, ref=ref, base_id=a.base_model_id, base_fingerprint=a.base_fingerprint,
-                   merged_fingerprint=a.merged_fingerprint, total_size=a.total_size,
-                   files=[FileOut(path=f.path, digest=f.digest, size=f.size) for f in a.files],
-                   job_id=a.job_id, created_at=a.created_at)
-
-
 class MergeIn(In):
     base_id: int | None = None
-
-
-class MergeOut(BaseModel):
-    artifact: ArtifactOut | None
-    job: JobOut | None
-    created: bool
-
-
-class ChannelOut(BaseModel):
-    adapter: str
-    name: str
-    stable: int | None
-    canary: int | None
-    canary_weight_bp: int
-    rollout_id: int | None
-    profile: str
-    protected: bool
-    base_fingerprint: str | None
-    revision: int
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, c: Channel) -> ChannelOut:
-        return cls(adapter=c.adapter.full_name, name=c.name,
-                   stable=c.stable.number if c.stable else None,
-                   canary=c.canary.number if c.canary else None,
-                   canary_weight_bp=c.canary_weight_bp, rollout_id=c.rollout_id,
-                   profile=c.profile, protected=c.protected, base_fingerprint=c.base_fingerprint,
-                   revision=c.revision, updated_at=c.updated_at)
 
 
 class ChannelConfigIn(In):
@@ -387,76 +187,6 @@ class ControlIn(In):
     reason: str = Field("", max_length=2048)
 
 
-class ChannelEventOut(BaseModel):
-    id: int
-    revision: int
-    action: str
-    from_stable: int | None
-    to_stable: int | None
-    canary: int | None
-    canary_weight_bp: int
-    rollout_id: int | None
-    actor: str
-    reason: str
-    metrics: dict[str, Any]
-    created_at: datetime
-
-    @classmethod
-    def of(cls, e: ChannelEvent) -> ChannelEventOut:
-        return cls(id=e.id, revision=e.revision, action=e.action, from_stable=e.from_stable,
-                   to_stable=e.to_stable, canary=e.canary, canary_weight_bp=e.canary_weight_bp,
-                   rollout_id=e.rollout_id, actor=e.actor, reason=e.reason, metrics=e.metrics,
-                   created_at=e.created_at)
-
-
-class GateEvaluationOut(BaseModel):
-    step_index: int
-    gate: str
-    verdict: str
-    value: float | None
-    threshold: float | None
-    detail: str
-    evaluated_at: datetime
-
-
-class RolloutOut(BaseModel):
-    id: int
-    channel: str
-    version: int
-    status: str
-    paused_by: str | None
-    steps: list[int]
-    step_index: int
-    weight_bp: int
-    interval_seconds: int
-    gates: list[str]
-    max_failures: int
-    failures: int
-    next_eval_at: datetime | None
-    deadline_at: datetime | None
-    reason: str
-    created_by: str
-    created_at: datetime
-    finished_at: datetime | None
-
-    @classmethod
-    def of(cls, r: Rollout) -> RolloutOut:
-        step = r.steps[r.step_index] * 100 if 0 <= r.step_index < len(r.steps) else 0
-        return cls(id=r.id, channel=f"{r.channel.adapter.full_name}:{r.channel.name}",
-                   version=r.version.number, status=r.status, paused_by=r.paused_by,
-                   steps=r.steps, step_index=r.step_index,
-                   weight_bp=step if r.status in ("progressing", "paused") else 0,
-                   interval_seconds=r.interval_seconds, gates=r.gates,
-                   max_failures=r.max_failures, failures=r.failures,
-                   next_eval_at=r.next_eval_at, deadline_at=r.deadline_at, reason=r.reason,
-                   created_by=r.created_by, created_at=r.created_at, finished_at=r.finished_at)
-
-
-class PromoteOut(BaseModel):
-    channel: ChannelOut
-    rollout: RolloutOut | None
-
-
 class LiveReportIn(In):
     adapter: str = Field(max_length=200)
     version: int = Field(ge=1)
@@ -469,25 +199,6 @@ class LiveIn(In):
     reports: list[LiveReportIn] = Field(min_length=1, max_length=1000)
 
 
-class ResolvedFile(BaseModel):
-    path: str
-    digest: str
-    size: int
-    url: str
-
-
-class ResolveOut(BaseModel):
-    adapter: str
-    channel: str
-    ref: str
-    version: int
-    canary: bool
-    manifest_digest: str
-    served_name: str = Field(description="the name to send the engine: one per content, never "
-                                         "reused (registry.served_names)")
-    files: list[ResolvedFile]
-
-
 class ResolveItemIn(In):
     adapter: str = Field(max_length=200)
     key: str = Field("", max_length=1024)
@@ -498,8 +209,120 @@ class ResolveBatchIn(In):
     items: list[ResolveItemIn] = Field(min_length=1, max_length=1000)
 
 
-class CheckOut(BaseModel):
-    ref: str
-    profile: str
-    ok: bool
-    problems: list[str]
+# ------------------------------------------------------------------ rows -> response models
+
+
+def namespace_out(ns: Namespace) -> NamespaceOut:
+    return NamespaceOut(name=ns.name, description=ns.description, created_at=ns.created_at)
+
+
+def adapter_out(a: Adapter) -> AdapterOut:
+    return AdapterOut(
+        name=a.full_name, namespace=a.namespace.name, description=a.description,
+        labels={lab.key: lab.value for lab in a.labels},
+        latest_version=(a.next_version - 1) or None,
+        created_at=a.created_at, updated_at=a.updated_at,
+    )
+
+
+def metric_out(m: Metric) -> MetricOut:
+    return MetricOut(key=m.key, value=m.value, dataset=m.dataset, split=m.split,
+                     recorded_at=m.recorded_at, recorded_by=m.recorded_by)
+
+
+def version_out(v: AdapterVersion, metrics: dict[str, float], config: StoredConfig,
+                created: bool | None = None) -> VersionOut:
+    name = v.adapter.full_name
+    return VersionOut(
+        ref=f"{name}@{v.number}", adapter=name, version=v.number,
+        manifest_digest=v.manifest_digest, status=v.status, yank_reason=v.yank_reason,
+        base=BaseRefOut(
+            hub_id=v.base_hub_id, revision=v.base_revision,
+            fingerprint=v.base_model.fingerprint if v.base_model else None,
+            compat_status=v.compat_status,
+        ),
+        files=[FileOut(path=f.path, digest=f.digest, size=f.size) for f in v.files],
+        peft_config=config.value, peft_config_error=config.error, metrics=metrics,
+        labels={lab.key: lab.value for lab in v.labels}, provenance=v.provenance,
+        pushed_by=v.pushed_by, created_at=v.created_at, total_size=v.total_size,
+        created=created,
+    )
+
+
+def token_out(t: ApiToken, plaintext: str | None = None) -> TokenOut:
+    return TokenOut(id=t.id, name=t.name, role=t.role, namespace=t.namespace,
+                    created_by=t.created_by, created_at=t.created_at, expires_at=t.expires_at,
+                    revoked_at=t.revoked_at, last_used_at=t.last_used_at, token=plaintext)
+
+
+def audit_out(e: AuditEvent) -> AuditOut:
+    return AuditOut(id=e.id, created_at=e.created_at, actor=e.actor, action=e.action,
+                    target_type=e.target_type, target=e.target, namespace=e.namespace,
+                    payload=e.payload, request_id=e.request_id)
+
+
+def base_out(b: BaseModelRow) -> BaseOut:
+    return BaseOut(id=b.id, hub_id=b.hub_id, revision=b.revision, fingerprint=b.fingerprint,
+                   tensor_count=b.tensor_count, total_bytes=b.total_bytes,
+                   files=[FileOut(**f) for f in b.files], created_by=b.created_by,
+                   created_at=b.created_at)
+
+
+def job_out(j: Job) -> JobOut:
+    return JobOut(id=j.id, kind=j.kind, status=j.status, target=j.target,
+                  namespace=j.namespace, payload=j.payload, attempts=j.attempts,
+                  max_attempts=j.max_attempts, progress=j.progress,
+                  progress_message=j.progress_message, result=j.result, error=j.error,
+                  error_code=j.error_code,
+                  worker_id=j.worker_id, cancel_requested=j.cancel_requested,
+                  created_by=j.created_by, created_at=j.created_at, started_at=j.started_at,
+                  finished_at=j.finished_at)
+
+
+def artifact_out(a: MergedArtifact, ref: str) -> ArtifactOut:
+    return ArtifactOut(
+        id=a.id, ref=ref, base_id=a.base_model_id, base_fingerprint=a.base_fingerprint,
+        merged_fingerprint=a.merged_fingerprint, total_size=a.total_size,
+        files=[FileOut(path=f.path, digest=f.digest, size=f.size) for f in a.files],
+        job_id=a.job_id, created_at=a.created_at)
+
+
+def channel_out(c: Channel) -> ChannelOut:
+    return ChannelOut(adapter=c.adapter.full_name, name=c.name,
+                      stable=c.stable.number if c.stable else None,
+                      canary=c.canary.number if c.canary else None,
+                      canary_weight_bp=c.canary_weight_bp, rollout_id=c.rollout_id,
+                      profile=c.profile, protected=c.protected,
+                      base_fingerprint=c.base_fingerprint, revision=c.revision,
+                      updated_at=c.updated_at)
+
+
+def channel_event_out(e: ChannelEvent) -> ChannelEventOut:
+    return ChannelEventOut(
+        id=e.id, revision=e.revision, action=e.action, from_stable=e.from_stable,
+        to_stable=e.to_stable, canary=e.canary, canary_weight_bp=e.canary_weight_bp,
+        rollout_id=e.rollout_id, actor=e.actor, reason=e.reason, metrics=e.metrics,
+        created_at=e.created_at)
+
+
+def rollout_out(r: Rollout) -> RolloutOut:
+    step = r.steps[r.step_index] * 100 if 0 <= r.step_index < len(r.steps) else 0
+    serving = r.status in (RolloutStatus.PROGRESSING, RolloutStatus.PAUSED)
+    return RolloutOut(
+        id=r.id, channel=f"{r.channel.adapter.full_name}:{r.channel.name}",
+        version=r.version.number, status=r.status, paused_by=r.paused_by, steps=r.steps,
+        step_index=r.step_index, weight_bp=step if serving else 0,
+        interval_seconds=r.interval_seconds, gates=r.gates, max_failures=r.max_failures,
+        failures=r.failures, next_eval_at=r.next_eval_at, deadline_at=r.deadline_at,
+        reason=r.reason, created_by=r.created_by, created_at=r.created_at,
+        finished_at=r.finished_at)
+
+
+def webhook_out(h: Webhook, with_secret: bool = False) -> WebhookOut:
+    return WebhookOut(id=h.id, namespace=h.namespace, url=h.url, events=h.event_types,
+                      active=h.active, allow_private=h.allow_private, created_by=h.created_by,
+                      created_at=h.created_at, secret=h.secret if with_secret else None)
+
+
+def delivery_out(d: WebhookDelivery) -> DeliveryOut:
+    return DeliveryOut.model_validate(d, from_attributes=True)

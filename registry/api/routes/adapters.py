@@ -39,14 +39,14 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 def version_out(session: Session, v: AdapterVersion, created: bool | None = None) -> s.VersionOut:
     latest = metrics.latest(session, [v.id])[v.id]
     config = versions.stored_configs(session, [v.id])[v.id]
-    return s.VersionOut.of(v, latest, config, created)
+    return s.version_out(v, latest, config, created)
 
 
-def versions_page(session: Session, page: Page[AdapterVersion]) -> s.Page:
+def versions_page(session: Session, page: Page[AdapterVersion]) -> s.Page[s.VersionOut]:
     ids = [v.id for v in page.items]
     latest, configs = metrics.latest(session, ids), versions.stored_configs(session, ids)
-    items = [s.VersionOut.of(v, latest[v.id], configs[v.id]) for v in page.items]
-    return s.Page(items=items, next_cursor=page.next_cursor)
+    items = [s.version_out(v, latest[v.id], configs[v.id]) for v in page.items]
+    return s.Page[s.VersionOut](items=items, next_cursor=page.next_cursor)
 
 
 def ref_of(ns: str, name: str, sel: str) -> Ref:
@@ -57,13 +57,14 @@ def ref_of(ns: str, name: str, sel: str) -> Ref:
     return parse_ref(f"{ns}/{name}@{sel}")
 
 
-@router.get("/namespaces", response_model=s.Page)
-def list_namespaces(ctx: CtxDep, cursor: str | None = None, limit: Limit = 100) -> s.Page:
+@router.get("/namespaces", response_model=s.Page[s.NamespaceOut])
+def list_namespaces(ctx: CtxDep, cursor: str | None = None, limit: Limit = 100
+                    ) -> s.Page[s.NamespaceOut]:
     with ctx.tx() as session:
         page = adapters.list_namespaces(session, scope=ctx.principal.scope, cursor=cursor,
                                         limit=limit)
-        return s.Page(items=[s.NamespaceOut.of(n) for n in page.items],
-                      next_cursor=page.next_cursor)
+        return s.Page[s.NamespaceOut](items=[s.namespace_out(n) for n in page.items],
+                                     next_cursor=page.next_cursor)
 
 
 @router.post("/namespaces", response_model=s.NamespaceOut, status_code=201,
@@ -71,17 +72,17 @@ def list_namespaces(ctx: CtxDep, cursor: str | None = None, limit: Limit = 100) 
 def create_namespace(body: s.NamespaceIn, ctx: CtxDep) -> s.NamespaceOut:
     ctx.require_global("admin")
     with ctx.tx() as session:
-        return s.NamespaceOut.of(
+        return s.namespace_out(
             adapters.create_namespace(session, ctx.actor, body.name, body.description))
 
 
-@router.get("/adapters", response_model=s.Page)
+@router.get("/adapters", response_model=s.Page[s.AdapterOut])
 def list_adapters(
     ctx: CtxDep, namespace: str | None = None, label: Annotated[list[str], Query()] = [],  # noqa: B006
     q: Annotated[str | None, Query(description=SEARCH_DOC)] = None,
     base: Annotated[str | None, Query(description=BASE_DOC)] = None,
     sort: str = "updated_at", cursor: str | None = None, limit: Limit = 50,
-) -> s.Page:
+) -> s.Page[s.AdapterOut]:
     """Adapters the caller may read, newest push first (``sort=name``: by name); the same
     service and filters as the UI's adapter list."""
     if namespace:
@@ -90,22 +91,22 @@ def list_adapters(
                         labels=parse_labels(label), search=q, base=base, sort=sort)
     with ctx.tx() as session:
         page = adapters.list_adapters(session, flt, cursor=cursor, limit=limit)
-        return s.Page(items=[s.AdapterOut.of(a) for a in page.items],
-                      next_cursor=page.next_cursor)
+        return s.Page[s.AdapterOut](items=[s.adapter_out(a) for a in page.items],
+                                   next_cursor=page.next_cursor)
 
 
 @router.get("/adapters/{ns}/{name}", response_model=s.AdapterOut)
 def get_adapter(ns: str, name: str, ctx: CtxDep) -> s.AdapterOut:
     ctx.require("read", ns)
     with ctx.tx() as session:
-        return s.AdapterOut.of(adapters.get_adapter(session, f"{ns}/{name}"))
+        return s.adapter_out(adapters.get_adapter(session, f"{ns}/{name}"))
 
 
 @router.patch("/adapters/{ns}/{name}", response_model=s.AdapterOut)
 def patch_adapter(ns: str, name: str, body: s.AdapterPatch, ctx: CtxDep) -> s.AdapterOut:
     ctx.require("write", ns)
     with ctx.tx() as session:
-        return s.AdapterOut.of(adapters.update_adapter(
+        return s.adapter_out(adapters.update_adapter(
             session, ctx.actor, f"{ns}/{name}", description=body.description,
             labels=body.labels, remove_labels=body.remove_labels,
         ))
@@ -124,13 +125,13 @@ def _query(
     )
 
 
-@router.get("/adapters/{ns}/{name}/versions", response_model=s.Page)
+@router.get("/adapters/{ns}/{name}/versions", response_model=s.Page[s.VersionOut])
 def list_adapter_versions(
     ns: str, name: str, ctx: CtxDep, status: str | None = None,
     label: Annotated[list[str], Query()] = [],  # noqa: B006
     base: str | None = None, metric: Annotated[list[str], Query()] = [],  # noqa: B006
     sort: str = "version", order: str = "desc", cursor: str | None = None, limit: Limit = 50,
-) -> s.Page:
+) -> s.Page[s.VersionOut]:
     ctx.require("read", ns)
     q = _query(f"{ns}/{name}", None, ctx, status, label, base, metric, sort, order)
     with ctx.tx() as session:
@@ -138,13 +139,13 @@ def list_adapter_versions(
                                                              limit=limit))
 
 
-@router.get("/versions", response_model=s.Page)
+@router.get("/versions", response_model=s.Page[s.VersionOut])
 def list_all_versions(
     ctx: CtxDep, namespace: str | None = None, status: str | None = None,
     label: Annotated[list[str], Query()] = [],  # noqa: B006
     base: str | None = None, metric: Annotated[list[str], Query()] = [],  # noqa: B006
     sort: str = "version", order: str = "desc", cursor: str | None = None, limit: Limit = 50,
-) -> s.Page:
+) -> s.Page[s.VersionOut]:
     q = _query(None, namespace, ctx, status, label, base, metric, sort, order)
     with ctx.tx() as session:
         return versions_page(session, versions.list_versions(session, q, cursor=cursor,
@@ -201,20 +202,23 @@ def unyank(ns: str, name: str, sel: str, body: s.UnyankIn, ctx: CtxDep) -> s.Ver
         return version_out(session, v)
 
 
-@router.post("/adapters/{ns}/{name}/versions/{sel}/metrics", status_code=201)
+@router.post("/adapters/{ns}/{name}/versions/{sel}/metrics", response_model=s.MetricsOut,
+             status_code=201)
 def log_metrics(ns: str, name: str, sel: str, body: s.MetricsIn, ctx: CtxDep
-                ) -> dict[str, list[s.MetricOut]]:
+                ) -> s.MetricsOut:
     ctx.require("write", ns)
     with ctx.tx() as session:
         v = versions.get_version(session, ref_of(ns, name, sel))
         rows = metrics.log_metrics(session, ctx.actor, v, [
             MetricInput(m.key, m.value, m.dataset, m.split) for m in body.metrics])
-        return {"metrics": [s.MetricOut.of(m) for m in rows]}
+        return s.MetricsOut(metrics=[s.metric_out(m) for m in rows])
 
 
-@router.get("/adapters/{ns}/{name}/versions/{sel}/metrics")
-def metric_history(ns: str, name: str, sel: str, ctx: CtxDep) -> dict[str, list[s.MetricOut]]:
+@router.get("/adapters/{ns}/{name}/versions/{sel}/metrics",
+            response_model=s.Items[s.MetricOut])
+def metric_history(ns: str, name: str, sel: str, ctx: CtxDep) -> s.Items[s.MetricOut]:
     ctx.require("read", ns)
     with ctx.tx() as session:
         v = versions.get_version(session, ref_of(ns, name, sel))
-        return {"items": [s.MetricOut.of(m) for m in metrics.history(session, v)]}
+        return s.Items[s.MetricOut](
+            items=[s.metric_out(m) for m in metrics.history(session, v)])

@@ -23,21 +23,21 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 StateDep = Annotated[State, Depends(get_state)]
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
+@router.get("/healthz", response_model=s.Health)
+def healthz() -> s.Health:
     """Liveness: the process answers."""
-    return {"status": "ok"}
+    return s.Health(status="ok")
 
 
-@router.get("/readyz", responses=problems.responses(503))
-def readyz(state: StateDep) -> dict[str, str]:
+@router.get("/readyz", response_model=s.Health, responses=problems.responses(503))
+def readyz(state: StateDep) -> s.Health:
     """Readiness: the database answers and the blob store is reachable."""
     try:
         ping(state.sessions)
     except Exception as exc:
         raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
     state.store.check()
-    return {"status": "ready"}
+    return s.Health(status="ready")
 
 
 @router.get("/metrics", response_class=PlainTextResponse,
@@ -48,9 +48,9 @@ def metrics(state: StateDep) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/api/v1/version")
-def version() -> dict[str, str]:
-    return {"version": __version__}
+@router.get("/api/v1/version", response_model=s.ServerVersion)
+def version() -> s.ServerVersion:
+    return s.ServerVersion(version=__version__)
 
 
 @router.get("/api/v1/whoami", response_model=s.WhoAmI)
@@ -69,15 +69,15 @@ def create_token(body: s.TokenIn, ctx: CtxDep) -> s.TokenOut:
         row, plaintext = tokens.create_token(session, ctx.actor, name=body.name, role=body.role,
                                              namespace=body.namespace, expires_at=expires,
                                              issuer=ctx.principal)
-        return s.TokenOut.of(row, plaintext)
+        return s.token_out(row, plaintext)
 
 
-@router.get("/api/v1/tokens", response_model=s.Page)
-def list_tokens(ctx: CtxDep) -> s.Page:
+@router.get("/api/v1/tokens", response_model=s.Page[s.TokenOut])
+def list_tokens(ctx: CtxDep) -> s.Page[s.TokenOut]:
     ctx.require("admin", ctx.principal.namespace)
     with ctx.tx() as session:
         rows = tokens.list_tokens(session, namespace=ctx.principal.namespace)
-        return s.Page(items=[s.TokenOut.of(t) for t in rows], next_cursor=None)
+        return s.Page[s.TokenOut](items=[s.token_out(t) for t in rows], next_cursor=None)
 
 
 @router.delete("/api/v1/tokens/{token_id}", status_code=204)
@@ -94,14 +94,15 @@ def revoke_token(token_id: str, ctx: CtxDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/api/v1/audit", response_model=s.Page)
+@router.get("/api/v1/audit", response_model=s.Page[s.AuditOut])
 def list_audit(
     ctx: CtxDep, namespace: str | None = None, target: str | None = None,
     action: str | None = None, actor: str | None = None, cursor: str | None = None,
     limit: Limit = 50,
-) -> s.Page:
+) -> s.Page[s.AuditOut]:
     with ctx.tx() as session:
         page = audit.list_events(session, namespaces=ctx.principal.scope, namespace=namespace,
                                  target=target, action=action, actor=actor, cursor=cursor,
                                  limit=limit)
-        return s.Page(items=[s.AuditOut.of(e) for e in page.items], next_cursor=page.next_cursor)
+        return s.Page[s.AuditOut](items=[s.audit_out(e) for e in page.items],
+                                 next_cursor=page.next_cursor)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel as PydanticModel
 from pydantic import Field
 from sqlalchemy import select
 
@@ -22,7 +21,7 @@ from registry.web.context import CtxDep
 
 router = APIRouter(prefix="/api/v1/bases", tags=["bases"])
 Limit = Annotated[int, Query(ge=1, le=500)]
-TensorRow = tuple[str, str, list[int], str]
+TensorRow = s.TensorRow
 
 
 class BaseIn(s.In):
@@ -32,11 +31,6 @@ class BaseIn(s.In):
     tensors: list[TensorRow] = Field(min_length=1, max_length=bases.MAX_TENSORS,
                                      description="[name, dtype, shape, sha256] per tensor")
     files: list[s.FileIn] = Field(default_factory=list, max_length=10000)
-
-
-class ManifestOut(PydanticModel):
-    fingerprint: str
-    tensors: list[TensorRow]
 
 
 @router.post("", response_model=s.BaseOut, status_code=201,
@@ -54,7 +48,7 @@ def register(body: BaseIn, ctx: CtxDep, response: Response) -> s.BaseOut:
     )
     with ctx.tx() as session:
         base, created = bases.register_base(session, ctx.actor, reg, ctx.store)
-        out = s.BaseOut.of(base)
+        out = s.base_out(base)
     if not created:
         response.status_code = 200
     return out
@@ -68,9 +62,9 @@ def _entry(row: TensorRow) -> TensorEntry:
         raise BadRequest(f"malformed tensor entry for {name!r}: {exc}") from exc
 
 
-@router.get("", response_model=s.Page)
+@router.get("", response_model=s.Page[s.BaseOut])
 def list_bases(ctx: CtxDep, hub_id: str | None = None, revision: str | None = None,
-               cursor: str | None = None, limit: Limit = 50) -> s.Page:
+               cursor: str | None = None, limit: Limit = 50) -> s.Page[s.BaseOut]:
     ctx.require("read", ctx.principal.namespace)
     stmt = select(BaseModel)
     if hub_id:
@@ -79,21 +73,22 @@ def list_bases(ctx: CtxDep, hub_id: str | None = None, revision: str | None = No
         stmt = stmt.where(BaseModel.revision == revision)
     with ctx.tx() as session:
         page = paginate_by_id(session, stmt, BaseModel.id, cursor=cursor, limit=limit)
-        return s.Page(items=[s.BaseOut.of(b) for b in page.items], next_cursor=page.next_cursor)
+        return s.Page[s.BaseOut](items=[s.base_out(b) for b in page.items],
+                                next_cursor=page.next_cursor)
 
 
 @router.get("/{base_id}", response_model=s.BaseOut)
 def get_base(base_id: int, ctx: CtxDep) -> s.BaseOut:
     ctx.require("read", ctx.principal.namespace)
     with ctx.tx() as session:
-        return s.BaseOut.of(bases.get_base(session, base_id))
+        return s.base_out(bases.get_base(session, base_id))
 
 
-@router.get("/{base_id}/manifest", response_model=ManifestOut)
-def manifest(base_id: int, ctx: CtxDep) -> dict[str, Any]:
+@router.get("/{base_id}/manifest", response_model=s.ManifestOut)
+def manifest(base_id: int, ctx: CtxDep) -> s.ManifestOut:
     """The per-tensor manifest, to name the first differing tensor on a mismatch."""
     ctx.require("read", ctx.principal.namespace)
     with ctx.tx() as session:
         base = bases.get_base(session, base_id)
-        rows = [[t.name, t.dtype, list(t.shape), t.sha256] for t in bases.tensors_of(base)]
-        return {"fingerprint": base.fingerprint, "tensors": rows}
+        rows = [(t.name, t.dtype, list(t.shape), t.sha256) for t in bases.tensors_of(base)]
+        return s.ManifestOut(fingerprint=base.fingerprint, tensors=rows)

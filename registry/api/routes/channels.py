@@ -42,15 +42,15 @@ def change(ctx: Ctx, ns: str, expect: int | None, reason: str) -> Change:
 def channel_out(ctx: Ctx, channel: Channel, response: Response) -> s.ChannelOut:
     response.headers["ETag"] = f'"{channel.revision}"'
     ctx.changed_channel(channel.adapter.full_name, channel.name)
-    return s.ChannelOut.of(channel)
+    return s.channel_out(channel)
 
 
-@router.get("/adapters/{ns}/{name}/channels", response_model=s.Page)
-def list_channels(ns: str, name: str, ctx: CtxDep) -> s.Page:
+@router.get("/adapters/{ns}/{name}/channels", response_model=s.Page[s.ChannelOut])
+def list_channels(ns: str, name: str, ctx: CtxDep) -> s.Page[s.ChannelOut]:
     ctx.require("read", ns)
     with ctx.tx() as session:
         rows = channels.list_channels(session, f"{ns}/{name}")
-        return s.Page(items=[s.ChannelOut.of(c) for c in rows], next_cursor=None)
+        return s.Page[s.ChannelOut](items=[s.channel_out(c) for c in rows], next_cursor=None)
 
 
 @router.get("/adapters/{ns}/{name}/channels/{channel}", response_model=s.ChannelOut,
@@ -61,7 +61,7 @@ def get_channel(ns: str, name: str, channel: str, ctx: CtxDep, response: Respons
     with ctx.tx() as session:
         row = channels.get_channel(session, f"{ns}/{name}", channel)
         response.headers["ETag"] = f'"{row.revision}"'
-        return s.ChannelOut.of(row)
+        return s.channel_out(row)
 
 
 @router.put("/adapters/{ns}/{name}/channels/{channel}", response_model=s.ChannelOut,
@@ -100,7 +100,7 @@ def promote(ns: str, name: str, channel: str, body: s.PromoteIn, ctx: CtxDep,
                                         body.min_requests)
             rollout = rollouts.start(session, row, version, chg, spec, body.new_base)
         return s.PromoteOut(channel=channel_out(ctx, row, response),
-                            rollout=s.RolloutOut.of(rollout) if rollout else None)
+                            rollout=s.rollout_out(rollout) if rollout else None)
 
 
 @router.post("/adapters/{ns}/{name}/channels/{channel}/rollback", response_model=s.ChannelOut,
@@ -116,16 +116,17 @@ def rollback(ns: str, name: str, channel: str, body: s.RollbackIn, ctx: CtxDep,
         return channel_out(ctx, row, response)
 
 
-@router.get("/adapters/{ns}/{name}/channels/{channel}/history", response_model=s.Page)
+@router.get("/adapters/{ns}/{name}/channels/{channel}/history",
+            response_model=s.Page[s.ChannelEventOut])
 def history(ns: str, name: str, channel: str, ctx: CtxDep, cursor: str | None = None,
-            limit: Annotated[int, Query(ge=1, le=500)] = 100) -> s.Page:
+            limit: Annotated[int, Query(ge=1, le=500)] = 100) -> s.Page[s.ChannelEventOut]:
     """Every change of the channel, newest first: who, when, from, to, why, metrics."""
     ctx.require("read", ns)
     with ctx.tx() as session:
         row = channels.get_channel(session, f"{ns}/{name}", channel)
         page = channels.history(session, row, cursor=cursor, limit=limit)
-        return s.Page(items=[s.ChannelEventOut.of(e) for e in page.items],
-                      next_cursor=page.next_cursor)
+        return s.Page[s.ChannelEventOut](items=[s.channel_event_out(e) for e in page.items],
+                                        next_cursor=page.next_cursor)
 
 
 def _rollout(session: Session, ctx: Ctx, rollout_id: int, permission: str,
@@ -138,16 +139,17 @@ def _rollout(session: Session, ctx: Ctx, rollout_id: int, permission: str,
 @router.get("/rollouts/{rollout_id}", response_model=s.RolloutOut)
 def get_rollout(rollout_id: int, ctx: CtxDep) -> s.RolloutOut:
     with ctx.tx() as session:
-        return s.RolloutOut.of(_rollout(session, ctx, rollout_id, "read"))
+        return s.rollout_out(_rollout(session, ctx, rollout_id, "read"))
 
 
-@router.get("/rollouts/{rollout_id}/evaluations")
-def rollout_evaluations(rollout_id: int, ctx: CtxDep) -> dict[str, list[s.GateEvaluationOut]]:
+@router.get("/rollouts/{rollout_id}/evaluations", response_model=s.Items[s.GateEvaluationOut])
+def rollout_evaluations(rollout_id: int, ctx: CtxDep) -> s.Items[s.GateEvaluationOut]:
     """Every gate evaluation: step, values, threshold and verdict."""
     with ctx.tx() as session:
         rollout = _rollout(session, ctx, rollout_id, "read")
-        return {"items": [s.GateEvaluationOut.model_validate(e, from_attributes=True)
-                          for e in rollouts.evaluations(session, rollout)]}
+        return s.Items[s.GateEvaluationOut](items=[
+            s.GateEvaluationOut.model_validate(e, from_attributes=True)
+            for e in rollouts.evaluations(session, rollout)])
 
 
 @router.post("/rollouts/{rollout_id}/{action}", response_model=s.RolloutOut,
@@ -163,11 +165,12 @@ def control_rollout(rollout_id: int, action: str, body: s.ControlIn, ctx: CtxDep
         ns = rollout.channel.adapter.namespace.name
         handlers[action](session, rollout, change(ctx, ns, None, body.reason))
         ctx.changed_channel(rollout.channel.adapter.full_name, rollout.channel.name)
-        return s.RolloutOut.of(rollout)
+        return s.rollout_out(rollout)
 
 
-@router.post("/metrics/live", status_code=202, responses=problems.responses(404))
-def report_live(body: s.LiveIn, ctx: CtxDep) -> dict[str, int]:
+@router.post("/metrics/live", response_model=s.LiveAccepted, status_code=202,
+             responses=problems.responses(404))
+def report_live(body: s.LiveIn, ctx: CtxDep) -> s.LiveAccepted:
     """Serving routers report per-version counts and values, batched. A router resolves with
     a reader token, so reading a namespace is what reporting for it takes: a token scoped to
     one namespace reports only for that one (a batch naming another is refused whole)."""
@@ -178,7 +181,7 @@ def report_live(body: s.LiveIn, ctx: CtxDep) -> dict[str, int]:
             ctx.require("read", ns)
             version = versions.get_version(session, Ref(ns, name, version=r.version))
             reports.append(live.LiveReport(version, r.requests, r.errors, dict(r.values)))
-        return {"accepted": live.record(session, reports, ctx.actor.name)}
+        return s.LiveAccepted(accepted=live.record(session, reports, ctx.actor.name))
 
 
 @router.get("/adapters/{ns}/{name}/versions/{sel}/check", response_model=s.CheckOut)

@@ -27,8 +27,8 @@ def request_merge(ns: str, name: str, sel: str, body: s.MergeIn, ctx: CtxDep,
         req = merges.request_merge(session, ctx.actor, version, body.base_id)
         ref = f"{ns}/{name}@{version.number}"
         out = s.MergeOut(
-            artifact=s.ArtifactOut.of(req.artifact, ref) if req.artifact else None,
-            job=s.JobOut.of(req.job) if req.job else None, created=req.created)
+            artifact=s.artifact_out(req.artifact, ref) if req.artifact else None,
+            job=s.job_out(req.job) if req.job else None, created=req.created)
     if req.artifact is not None:
         response.status_code = 200
     return out
@@ -41,17 +41,18 @@ def merged(ns: str, name: str, sel: str, ctx: CtxDep) -> s.ArtifactOut:
     with ctx.tx() as session:
         version = versions.get_version(session, ref_of(ns, name, sel))
         artifact = merges.latest_artifact(session, version)
-        return s.ArtifactOut.of(artifact, f"{ns}/{name}@{version.number}")
+        return s.artifact_out(artifact, f"{ns}/{name}@{version.number}")
 
 
-@router.get("/jobs", response_model=s.Page)
+@router.get("/jobs", response_model=s.Page[s.JobOut])
 def list_jobs(ctx: CtxDep, status: str | None = None, kind: str | None = None,
               target: str | None = None, cursor: str | None = None, limit: Limit = 50
-              ) -> s.Page:
+              ) -> s.Page[s.JobOut]:
     with ctx.tx() as session:
         page = jobs.list_jobs(session, scope=ctx.principal.scope, status=status, kind=kind,
                               target=target, cursor=cursor, limit=limit)
-        return s.Page(items=[s.JobOut.of(j) for j in page.items], next_cursor=page.next_cursor)
+        return s.Page[s.JobOut](items=[s.job_out(j) for j in page.items],
+                               next_cursor=page.next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=s.JobOut)
@@ -59,7 +60,7 @@ def get_job(job_id: int, ctx: CtxDep) -> s.JobOut:
     with ctx.tx() as session:
         job = jobs.get_job(session, job_id)
         ctx.require("read", job.namespace)
-        return s.JobOut.of(job)
+        return s.job_out(job)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=s.JobOut,
@@ -69,4 +70,4 @@ def cancel_job(job_id: int, ctx: CtxDep) -> s.JobOut:
     with ctx.tx() as session:
         job = jobs.get_job(session, job_id)
         ctx.require("write", job.namespace)
-        return s.JobOut.of(jobs.request_cancel(session, ctx.actor, job_id))
+        return s.job_out(jobs.request_cancel(session, ctx.actor, job_id))

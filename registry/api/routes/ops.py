@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sqlalchemy import select
 
 from registry.api import problems
 from registry.api import schemas as s
 from registry.egress import Guard
-from registry.models import Webhook, WebhookDelivery
+from registry.models import Webhook
 from registry.refs import check_namespace
 from registry.services import adapters, audit, gc, webhooks
 from registry.web.context import CtxDep
@@ -26,40 +26,6 @@ class WebhookIn(s.In):
     secret: str | None = Field(None, max_length=128)
     # Honoured only while the instance allows private targets (403 otherwise).
     allow_private: bool = False
-
-
-class WebhookOut(BaseModel):
-    id: int
-    namespace: str
-    url: str
-    events: list[str]
-    active: bool
-    allow_private: bool
-    created_by: str
-    created_at: datetime
-    secret: str | None = None
-
-    @classmethod
-    def of(cls, h: Webhook, with_secret: bool = False) -> WebhookOut:
-        return cls(id=h.id, namespace=h.namespace, url=h.url, events=h.event_types,
-                   active=h.active, allow_private=h.allow_private, created_by=h.created_by,
-                   created_at=h.created_at, secret=h.secret if with_secret else None)
-
-
-class DeliveryOut(BaseModel):
-    id: int
-    webhook_id: int
-    event_id: int
-    status: str
-    attempts: int
-    next_attempt_at: datetime
-    last_status_code: int | None
-    last_error: str | None
-    delivered_at: datetime | None
-
-    @classmethod
-    def of(cls, d: WebhookDelivery) -> DeliveryOut:
-        return cls.model_validate(d, from_attributes=True)
 
 
 # Strict: these bodies say what to delete, so only a JSON `false` turns the dry run off and
@@ -80,8 +46,8 @@ class KeepLastIn(s.In):
     keep_last: int | None = Field(None, ge=1, le=100000)
 
 
-@router.post("/namespaces/{ns}/webhooks", response_model=WebhookOut, status_code=201)
-def add_webhook(ns: str, body: WebhookIn, ctx: CtxDep) -> WebhookOut:
+@router.post("/namespaces/{ns}/webhooks", response_model=s.WebhookOut, status_code=201)
+def add_webhook(ns: str, body: WebhookIn, ctx: CtxDep) -> s.WebhookOut:
     """Subscribe a URL; the response holds the signing secret (shown once). Private
     targets need ``allow_private`` and the instance setting LORAREG_WEBHOOK_ALLOW_PRIVATE."""
     check_namespace(ns)
@@ -93,16 +59,16 @@ def add_webhook(ns: str, body: WebhookIn, ctx: CtxDep) -> WebhookOut:
                                secret=body.secret)
         audit.record(session, ctx.actor, "webhook.created", "webhook", str(hook.id),
                      namespace=ns, payload={"url": body.url, "events": body.events})
-        return WebhookOut.of(hook, with_secret=True)
+        return s.webhook_out(hook, with_secret=True)
 
 
-@router.get("/namespaces/{ns}/webhooks", response_model=list[WebhookOut])
-def list_webhooks(ns: str, ctx: CtxDep) -> list[WebhookOut]:
+@router.get("/namespaces/{ns}/webhooks", response_model=list[s.WebhookOut])
+def list_webhooks(ns: str, ctx: CtxDep) -> list[s.WebhookOut]:
     ctx.require("admin", ns)
     with ctx.tx() as session:
         rows = session.scalars(select(Webhook).where(Webhook.namespace == ns)
                                .order_by(Webhook.id))
-        return [WebhookOut.of(h) for h in rows]
+        return [s.webhook_out(h) for h in rows]
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204)
@@ -116,47 +82,48 @@ def remove_webhook(webhook_id: int, ctx: CtxDep) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/webhooks/{webhook_id}/test", status_code=202)
-def test_webhook(webhook_id: int, ctx: CtxDep) -> dict[str, int]:
+@router.post("/webhooks/{webhook_id}/test", response_model=s.PingQueued, status_code=202)
+def test_webhook(webhook_id: int, ctx: CtxDep) -> s.PingQueued:
     """Queue a signed ``ping`` event for this subscription."""
     with ctx.tx() as session:
         hook = webhooks.get(session, webhook_id)
         ctx.require("admin", hook.namespace)
-        return {"event_id": webhooks.ping(session, hook).id}
+        return s.PingQueued(event_id=webhooks.ping(session, hook).id)
 
 
-@router.get("/webhooks/{webhook_id}/deliveries", response_model=list[DeliveryOut])
+@router.get("/webhooks/{webhook_id}/deliveries", response_model=list[s.DeliveryOut])
 def list_deliveries(webhook_id: int, ctx: CtxDep,
-                    limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[DeliveryOut]:
+                    limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[s.DeliveryOut]:
     with ctx.tx() as session:
         hook = webhooks.get(session, webhook_id)
         ctx.require("admin", hook.namespace)
-        return [DeliveryOut.of(d) for d in webhooks.deliveries(session, hook, limit)]
+        return [s.delivery_out(d) for d in webhooks.deliveries(session, hook, limit)]
 
 
-@router.post("/deliveries/{delivery_id}/redeliver", response_model=DeliveryOut)
-def redeliver(delivery_id: int, ctx: CtxDep) -> DeliveryOut:
+@router.post("/deliveries/{delivery_id}/redeliver", response_model=s.DeliveryOut)
+def redeliver(delivery_id: int, ctx: CtxDep) -> s.DeliveryOut:
     with ctx.tx() as session:
         row = webhooks.redeliver(session, delivery_id)
         ctx.require("admin", webhooks.get(session, row.webhook_id).namespace)
-        return DeliveryOut.of(row)
+        return s.delivery_out(row)
 
 
-@router.post("/gc", responses=problems.responses(503))
-def collect_garbage(body: GcIn, ctx: CtxDep) -> dict[str, object]:
+@router.post("/gc", response_model=s.GcReportOut, responses=problems.responses(503))
+def collect_garbage(body: GcIn, ctx: CtxDep) -> s.GcReportOut:
     """Delete unreferenced blobs older than the grace period (dry run by default)."""
     ctx.require_global("admin")
     report = gc.collect(ctx.state.sessions, ctx.store, ctx.actor,
                         grace=timedelta(seconds=body.grace_seconds), dry_run=body.dry_run)
-    return report.__dict__
+    return s.GcReportOut.model_validate(report, from_attributes=True)
 
 
-@router.post("/retention")
-def retention(body: RetentionIn, ctx: CtxDep) -> dict[str, object]:
+@router.post("/retention", response_model=s.RetentionReportOut)
+def retention(body: RetentionIn, ctx: CtxDep) -> s.RetentionReportOut:
     """Yank versions beyond each adapter's keep_last (dry run by default)."""
     ctx.require_global("admin")
     with ctx.tx() as session:
-        return gc.apply_retention(session, ctx.actor, dry_run=body.dry_run).__dict__
+        report = gc.apply_retention(session, ctx.actor, dry_run=body.dry_run)
+        return s.RetentionReportOut.model_validate(report, from_attributes=True)
 
 
 @router.put("/adapters/{ns}/{name}/retention", response_model=s.AdapterOut)
@@ -168,4 +135,4 @@ def set_retention(ns: str, name: str, body: KeepLastIn, ctx: CtxDep) -> s.Adapte
         adapter.keep_last = body.keep_last
         audit.record(session, ctx.actor, "adapter.retention", "adapter", f"{ns}/{name}",
                      namespace=ns, payload={"keep_last": body.keep_last})
-        return s.AdapterOut.of(adapter)
+        return s.adapter_out(adapter)

@@ -28,7 +28,7 @@ Number = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def _detail(session: Session, pool: ServingPool) -> ps.PoolDetailOut:
-    return ps.PoolDetailOut.detail(pool, desired_sets.bound_channels(session, pool),
+    return ps.pool_detail_out(pool, desired_sets.bound_channels(session, pool),
                                    desired_sets.pinned(session, pool))
 
 
@@ -38,15 +38,15 @@ def _pool(session: Session, ctx: Ctx, ns: str, pool: str, permission: str) -> Se
     return pools.get_pool(session, f"{ns}/{pool}")
 
 
-@router.get("", response_model=s.Page)
+@router.get("", response_model=s.Page[ps.PoolOut])
 def list_pools(ctx: CtxDep, namespace: Annotated[str | None, Query(max_length=64)] = None
-               ) -> s.Page:
+               ) -> s.Page[ps.PoolOut]:
     """The pools of every namespace the caller may read."""
     if namespace is not None:
         check_namespace(namespace)
     with ctx.tx() as session:
         rows = pools.list_pools(session, ctx.principal.scope, namespace)
-        return s.Page(items=[ps.PoolOut.of(p) for p in rows], next_cursor=None)
+        return s.Page[ps.PoolOut](items=[ps.pool_out(p) for p in rows], next_cursor=None)
 
 
 @router.post("/{ns}", response_model=ps.PoolDetailOut, status_code=201,
@@ -126,9 +126,9 @@ def desired(ns: str, pool: str, ctx: CtxDep) -> ps.DesiredOut:
         row = _pool(session, ctx, ns, pool, "read")
         return ps.DesiredOut(
             pool=row.full_name,
-            members=[ps.MemberOut.of(e) for e in desired_sets.desired(session, ctx.store, row)],
+            members=[ps.member_out(e) for e in desired_sets.desired(session, ctx.store, row)],
             set_problems=desired_sets.set_problems(session, row),
-            left=[ps.MemberOut.of(e) for e in desired_sets.left(session, row)])
+            left=[ps.member_out(e) for e in desired_sets.left(session, row)])
 
 
 @router.get(POOL + "/check/{adapter_ns}/{name}/{sel}", response_model=ps.PoolCheckOut)

@@ -70,4 +70,4 @@ def resolve_namespace(ns: str, ctx: CtxDep,
     check_channel(channel)
     ctx.require("read", ns)
     with ctx.tx() as session:
-        return [s.ChannelOut.of(c) for c in channels.in_namespace(session, ns, channel)]
+        return [s.channel_out(c) for c in channels.in_namespace(session, ns, channel)]
