@@ -41,6 +41,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -66,6 +67,8 @@ class Counts:
     def __post_init__(self) -> None:
         if not (_is_count(self.events) and _is_count(self.trials)):
             raise BadRequest("counts must be whole numbers >= 0")
+        object.__setattr__(self, "events", int(self.events))  # numpy integers become int
+        object.__setattr__(self, "trials", int(self.trials))
         if self.events > self.trials:
             raise BadRequest(f"counts: {self.events} events out of {self.trials} trials")
 
@@ -92,6 +95,8 @@ class Histogram:
                              f"{len(self.counts)} counts")
         if not all(_is_count(c) for c in self.counts):
             raise BadRequest("histogram counts must be whole numbers >= 0")
+        object.__setattr__(self, "bounds", tuple(float(b) for b in self.bounds))
+        object.__setattr__(self, "counts", tuple(int(c) for c in self.counts))
 
     @classmethod
     def from_cumulative(cls, bounds: Sequence[float], cumulative: Sequence[int]) -> Histogram:
@@ -121,8 +126,9 @@ class Samples:
         if len(self.values) > MAX_SAMPLES:
             raise BadRequest(f"at most {MAX_SAMPLES} samples per arm per window "
                              f"(got {len(self.values)}): send a uniform subsample")
-        if not all(isinstance(v, int | float) and math.isfinite(v) for v in self.values):
+        if not all(_is_number(v) and math.isfinite(v) for v in self.values):
             raise BadRequest("samples must be finite numbers")
+        object.__setattr__(self, "values", tuple(float(v) for v in self.values))
 
     @property
     def n(self) -> int:
@@ -137,12 +143,19 @@ Measurement = Counts | Histogram | Samples
 
 
 def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) >= 0)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_bounds(bounds: tuple[float, ...]) -> None:
     if not 2 <= len(bounds) <= MAX_BUCKETS:
         raise BadRequest(f"a histogram needs 2..{MAX_BUCKETS} buckets (the last one +inf)")
+    if not all(_is_number(b) for b in bounds):
+        raise BadRequest("histogram bounds must be numbers")
     if bounds[-1] != math.inf or not all(math.isfinite(b) for b in bounds[:-1]):
         raise BadRequest("histogram bounds must be finite numbers ending with +inf")
     if any(b <= a for a, b in itertools.pairwise(bounds)):

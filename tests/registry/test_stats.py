@@ -117,6 +117,9 @@ def test_woodruff_se_matches_the_asymptotic_formula() -> None:
     (lambda: Histogram((INF,), (1,)), "2.."),
     (lambda: Histogram.from_cumulative([1, 2, INF], [5, 4, 6]), "must not decrease"),
     (lambda: Samples((1.0, math.inf)), "finite"),
+    (lambda: Samples((1.0, "2")), "finite numbers"),  # type: ignore[arg-type]
+    (lambda: Histogram(("1", INF), (1, 1)), "bounds must be numbers"),  # type: ignore[arg-type]
+    (lambda: Counts("1", 2), "whole numbers"),  # type: ignore[arg-type]
     (lambda: Samples((1.0,) * (MAX_SAMPLES + 1)), "uniform subsample"),
     (lambda: measures.histogram_quantile(Histogram((1, INF), (1, 1)), 1.5), "between 0 and 1"),
     (lambda: merge([Counts(1, 2), Samples((1.0,))]), "one shape"),
@@ -127,6 +130,14 @@ def test_woodruff_se_matches_the_asymptotic_formula() -> None:
 def test_bad_measurements_are_refused(make: object, message: str) -> None:
     with pytest.raises(BadRequest, match=re.escape(message)):
         make()  # type: ignore[operator]
+
+
+def test_numpy_numbers_are_accepted_as_plain_ones() -> None:
+    c = Counts(np.int64(3), np.int32(10))  # type: ignore[arg-type]
+    assert type(c.events) is int and c == Counts(3, 10)
+    h = Histogram((np.float32(1.5), INF), (np.int64(2), np.uint8(3)))  # type: ignore[arg-type]
+    assert h == Histogram((1.5, INF), (2, 3)) and h.n == 5
+    assert Samples((np.float32(0.5), 2)).values == (0.5, 2.0)  # type: ignore[arg-type]
 
 
 def test_merge_adds_windows() -> None:
