@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from enum import StrEnum
+from typing import Annotated, Any, Generic, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -30,7 +31,6 @@ from registry.statuses import (
     JobStatus,
     PausedBy,
     RolloutStatus,
-    StatusType,
     VersionStatus,
 )
 
@@ -52,6 +52,27 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class StatusType(TypeDecorator[E], Generic[E]):
+    """A status column: stored as the member's string (the same VARCHAR as before the enums,
+    so no migration), read back as the member; an unknown string is refused on write."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int = 16, **kw: Any) -> None:
+        super().__init__(length, **kw)
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
 
 
 def utcnow() -> datetime:

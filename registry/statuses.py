@@ -2,18 +2,16 @@
 
 Members are ``str`` subclasses whose values are exactly the strings stored in the database and
 sent over the API, so a member compares equal to its stored string and serialises as it; no
-migration stands behind them. Models map the columns with :class:`StatusType`, services,
-schemas, the CLI and the templates compare against members, never against literals (a test
-greps for literals outside this module).
+migration stands behind them. Models map the columns with :class:`registry.models.StatusType`;
+services, schemas, the client, the CLI and the templates compare against members, never against
+literals (tests/test_statuses.py looks for literals outside this module). Pure: no database or
+web import, so the client side may use it too.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
-
-from sqlalchemy import String, TypeDecorator
-from sqlalchemy.engine import Dialect
+from typing import TypeVar
 
 from registry.errors import BadRequest
 
@@ -95,24 +93,6 @@ def parse(enum: type[E], value: str, what: str = "status") -> E:
         return enum(value)
     except ValueError:
         raise BadRequest(f"{what} must be one of: {', '.join(enum)}") from None
-
-
-class StatusType(TypeDecorator[E], Generic[E]):
-    """A status column: stored as the member's string (the same VARCHAR as before the enums,
-    so no migration), read back as the member; an unknown string is refused on write."""
-
-    impl = String
-    cache_ok = True
-
-    def __init__(self, enum: type[E], length: int = 16, **kw: Any) -> None:
-        super().__init__(length, **kw)
-        self.enum = enum
-
-    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
-        return None if value is None else self.enum(value).value
-
-    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
-        return None if value is None else self.enum(value)
 
 
 #: Every family and set by name: the UI's templates get these as globals, so that they
