@@ -42,7 +42,15 @@ from typing import Any, TypeVar
 from registry.errors import BadRequest
 from registry.stats import inference, sequential
 from registry.stats.inference import Margin, Normal, OneSided
-from registry.stats.measures import Counts, Distribution, Measurement, Samples, quantile
+from registry.stats.measures import (
+    Counts,
+    Distribution,
+    Histogram,
+    Measurement,
+    Samples,
+    in_overflow,
+    quantile,
+)
 
 
 class Kind(StrEnum):
@@ -126,6 +134,15 @@ def _member(enum: type[E], name: str, value: object) -> E:
 def _check_numbers(s: GateSpec) -> None:
     if not isinstance(s.metric, str) or not 0 < len(s.metric) <= 128:
         raise BadRequest("a gate names its metric (1..128 characters)")
+    for name in ("margin", "alpha", "quantile", "mixing_scale"):
+        value = getattr(s, name)
+        if value is None and name in ("quantile", "mixing_scale"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadRequest(f"gate {name} must be a number (got {value!r})")
+    for name in ("relative", "dry_run"):
+        if not isinstance(getattr(s, name), bool):
+            raise BadRequest(f"gate {name} must be true or false")
     if not (math.isfinite(s.margin) and s.margin >= 0):
         raise BadRequest(f"gate margin must be a finite number >= 0 (got {s.margin})")
     if s.relative and s.direction == Direction.HIGHER_IS_BETTER and s.margin >= 1:
@@ -228,6 +245,7 @@ class _Evidence:
     excess_ci: tuple[float, float]
     p: OneSided
     tau: float | None = None
+    why: str = ""  # why a look could not be tested
 
 
 NAN_PAIR = (math.nan, math.nan)
@@ -318,6 +336,11 @@ def _evidence(spec: GateSpec, arms: tuple[Measurement, Measurement],
     if isinstance(control, Counts) or isinstance(candidate, Counts):
         rate = control if isinstance(control, Counts) else None
         return _normal_evidence(spec, e, state, rate)
+    if spec.quantile is not None and any(
+            isinstance(m, Histogram) and in_overflow(m, spec.quantile) for m in arms):
+        # Prometheus answers the largest finite bound there: a floor, not an estimate.
+        return _Evidence("untestable", e, NAN_PAIR, _carried(spec, state), state.tau,
+                         "the quantile lies in the +inf bucket: add larger buckets")
     if spec.quantile is None:
         return _rank_evidence(spec, control, candidate)
     if spec.method == Method.FIXED:
@@ -329,8 +352,10 @@ def _normal_evidence(spec: GateSpec, e: Normal, state: GateState,
                      control_rate: Counts | None = None) -> _Evidence:
     """The z-test (fixed) or the mSPRT update (sequential) on a normal excess."""
     ci = _normal_interval(e, spec.confidence)
-    if not _testable(e):  # no variance, or a relative margin on a quantile <= 0
-        return _Evidence("untestable", e, ci, _carried(spec, state), state.tau)
+    if not _testable(e):
+        why = ("a relative margin needs positive values" if not math.isfinite(e.estimate)
+               else "the statistic shows no variance")
+        return _Evidence("untestable", e, ci, _carried(spec, state), state.tau, why)
     if spec.method == Method.FIXED:
         test = "agresti-caffo z" if control_rate else "woodruff z"
         return _Evidence(test, e, ci, inference.z_test(e))
@@ -387,14 +412,14 @@ def _decision(spec: GateSpec, arms: tuple[ArmSummary, ArmSummary],
         difference[1], _ratio(candidate.estimate, control.estimate) - 1.0,
         evidence.excess.estimate, evidence.excess_ci, evidence.p.p_fail, evidence.p.p_pass,
         "", state)
-    return dataclasses.replace(decision, detail=_detail(spec, decision))
+    return dataclasses.replace(decision, detail=_detail(spec, decision, evidence.why))
 
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b and math.isfinite(b) else math.nan
 
 
-def _detail(spec: GateSpec, d: Decision) -> str:
+def _detail(spec: GateSpec, d: Decision, why: str) -> str:
     statistic = f" q{spec.quantile:g}" if spec.quantile is not None else ""
     arms = (f"{spec.metric}{statistic}: candidate {d.candidate.estimate:.6g} "
             f"(n={d.candidate.n}) vs control {d.control.estimate:.6g} (n={d.control.n})")
@@ -404,4 +429,4 @@ def _detail(spec: GateSpec, d: Decision) -> str:
     tail = (f"p_fail={d.p_fail:.4g}, p_pass={d.p_pass:.4g} at alpha {spec.alpha:g} "
             f"({d.test}, margin {margin})")
     dry = " [dry run: not acted on]" if d.dry_run and d.would_abort else ""
-    return f"{arms}: {d.verdict.value}, {tail}{dry}"
+    return f"{arms}: {d.verdict.value}{f' ({why})' if why else ''}, {tail}{dry}"

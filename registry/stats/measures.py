@@ -261,6 +261,11 @@ def quantile_se(d: Distribution, q: float) -> float:
     return (quantile(d, hi) - quantile(d, lo)) * s / (hi - lo)
 
 
+def in_overflow(h: Histogram, q: float) -> bool:
+    """Whether the ``q``-quantile's rank lies in the ``+inf`` bucket (no upper bound known)."""
+    return h.n > 0 and q * h.n > h.cumulative[-2]
+
+
 def _check_q(q: float) -> None:
     if not 0.0 <= q <= 1.0:
         raise BadRequest(f"a quantile is between 0 and 1 (got {q})")

@@ -452,6 +452,17 @@ def test_relative_quantile_gate_on_non_positive_values_is_inconclusive() -> None
     assert d.verdict == Verdict.INCONCLUSIVE and d.test == "untestable"
 
 
+def test_quantile_in_the_overflow_bucket_is_untestable() -> None:
+    """Prometheus answers the largest finite bound there; a gate must not compare floors."""
+    spec = GateSpec("latency_ms", Kind.DISTRIBUTION, margin=0.1, relative=True, quantile=0.95,
+                    min_samples=10)
+    fine = Histogram((100, 200, INF), (50, 48, 2))
+    over = Histogram((100, 200, INF), (50, 40, 10))
+    d = decide(spec, fine, over)
+    assert d.verdict == Verdict.INCONCLUSIVE and "+inf bucket" in d.detail
+    assert decide(spec, fine, fine).test == "msprt"
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"kind": "ratio"}, "kind must be rate | distribution"),
     ({"alpha": 0.5}, "alpha must be in"),
@@ -466,6 +477,10 @@ def test_relative_quantile_gate_on_non_positive_values_is_inconclusive() -> None
     ({"kind": "distribution"}, "sequential distribution gate compares a quantile"),
     ({"kind": "distribution", "quantile": 1.0}, "quantile must be in"),
     ({"relative": True, "margin": 1.0, "direction": "higher_is_better"}, "below 1"),
+    ({"margin": "0.005"}, "margin must be a number"),
+    ({"alpha": None}, "alpha must be a number"),
+    ({"dry_run": "yes"}, "dry_run must be true or false"),
+    ({"metric": ""}, "names its metric"),
 ])
 def test_bad_specs_are_refused(kwargs: dict[str, object], message: str) -> None:
     base: dict[str, object] = {"metric": "error_rate", "kind": "rate", "margin": 0.005}
