@@ -136,12 +136,7 @@ def _report(app: App, result: PoolExportResult) -> None:
         for problem in m.problems:
             click.echo(f"warning: {m.ref}: the registry says pool {result.pool} cannot serve "
                        f"it: {problem}", err=True)
-    for m in result.draining:
-        app.say(f"{m.served_name}  draining ({m.ref}; {_left(m.left_at)}, kept until "
-                f"{_when(m.removable_at)})")
-    for m in result.removed:
-        app.say(f"{m.served_name}  removed ({m.ref}; {_left(m.left_at)})")
-    if result.engine is not None:
+    if result.engine is not None:  # in the order it happened: loads, unloads, deletions
         engine = result.engine
         for name in engine.loaded:
             app.say(f"{name}  loaded into {engine.url}")
@@ -149,6 +144,11 @@ def _report(app: App, result: PoolExportResult) -> None:
             app.say(f"{name}  unloaded from {engine.url}")
         for name, text in sorted(engine.refused.items()):
             click.echo(f"refused by {engine.url}: {name}: {text}", err=True)
+    for m in result.draining:
+        app.say(f"{m.served_name}  draining ({m.ref}; {_left(m.left_at)}, kept until "
+                f"{_when(m.removable_at)})")
+    for m in result.removed:
+        app.say(f"{m.served_name}  removed ({m.ref}; {_left(m.left_at)})")
     app.note(f"pool {result.pool}: {len(result.members)} served names in {result.dir}, "
              f"{output.size(result.downloaded_bytes)} downloaded, {len(result.draining)} "
              f"draining, {len(result.removed)} removed (drain {seconds(result.drain_seconds)})")
