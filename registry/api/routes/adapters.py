@@ -15,6 +15,7 @@ from registry.models import AdapterVersion
 from registry.refs import Ref, check_namespace, parse_adapter_name, parse_ref
 from registry.services import adapters, metrics, versions
 from registry.services.adapters import AdapterFilter
+from registry.services.adapters import parse_label_filters as parse_labels
 from registry.services.metrics import MetricInput
 from registry.services.pagination import Page
 from registry.services.versions import PushRequest, VersionQuery, parse_metric_filter
@@ -24,16 +25,6 @@ router = APIRouter(prefix="/api/v1", tags=["adapters"])
 SEARCH_DOC = "Only adapters whose name or description contains this text (any case)."
 BASE_DOC = "Only adapters with a version trained on this base: `hub_id` or `hub_id@revision`."
 Limit = Annotated[int, Query(ge=1, le=500)]
-
-
-def parse_labels(items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BadRequest(f"label filter {item!r} must look like key=value")
-        out[key] = value
-    return out
 
 
 def version_out(session: Session, v: AdapterVersion, created: bool | None = None) -> s.VersionOut:

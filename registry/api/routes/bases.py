@@ -6,17 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from pydantic import Field
-from sqlalchemy import select
 
 from registry.api import problems
 from registry.api import schemas as s
 from registry.errors import BadRequest
 from registry.fingerprint import TensorEntry
 from registry.manifest import FileEntry
-from registry.models import BaseModel
 from registry.services import bases
 from registry.services.bases import BaseRegistration
-from registry.services.pagination import paginate_by_id
 from registry.web.context import CtxDep
 
 router = APIRouter(prefix="/api/v1/bases", tags=["bases"])
@@ -66,13 +63,9 @@ def _entry(row: TensorRow) -> TensorEntry:
 def list_bases(ctx: CtxDep, hub_id: str | None = None, revision: str | None = None,
                cursor: str | None = None, limit: Limit = 50) -> s.Page[s.BaseOut]:
     ctx.require("read", ctx.principal.namespace)
-    stmt = select(BaseModel)
-    if hub_id:
-        stmt = stmt.where(BaseModel.hub_id == hub_id)
-    if revision:
-        stmt = stmt.where(BaseModel.revision == revision)
     with ctx.tx() as session:
-        page = paginate_by_id(session, stmt, BaseModel.id, cursor=cursor, limit=limit)
+        page = bases.list_bases(session, hub_id=hub_id, revision=revision, cursor=cursor,
+                                limit=limit)
         return s.Page[s.BaseOut](items=[s.base_out(b) for b in page.items],
                                 next_cursor=page.next_cursor)
 

@@ -7,14 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from pydantic import ConfigDict, Field
-from sqlalchemy import select
 
 from registry.api import problems
 from registry.api import schemas as s
 from registry.egress import Guard
-from registry.models import Webhook
 from registry.refs import check_namespace
-from registry.services import adapters, audit, gc, webhooks
+from registry.services import adapters, gc, subscriptions, webhooks
 from registry.web.context import CtxDep
 
 router = APIRouter(prefix="/api/v1", tags=["operations"])
@@ -54,11 +52,9 @@ def add_webhook(ns: str, body: WebhookIn, ctx: CtxDep) -> s.WebhookOut:
     ctx.require("admin", ns)
     guard = Guard(allow_private=ctx.state.settings.webhook_allow_private)
     with ctx.tx() as session:
-        hook = webhooks.create(session, ns, body.url, body.events, created_by=ctx.actor.name,
-                               guard=guard, allow_private=body.allow_private,
-                               secret=body.secret)
-        audit.record(session, ctx.actor, "webhook.created", "webhook", str(hook.id),
-                     namespace=ns, payload={"url": body.url, "events": body.events})
+        hook = subscriptions.subscribe(session, ctx.actor, ns, body.url, body.events,
+                                       guard=guard, allow_private=body.allow_private,
+                                       secret=body.secret)
         return s.webhook_out(hook, with_secret=True)
 
 
@@ -66,9 +62,7 @@ def add_webhook(ns: str, body: WebhookIn, ctx: CtxDep) -> s.WebhookOut:
 def list_webhooks(ns: str, ctx: CtxDep) -> list[s.WebhookOut]:
     ctx.require("admin", ns)
     with ctx.tx() as session:
-        rows = session.scalars(select(Webhook).where(Webhook.namespace == ns)
-                               .order_by(Webhook.id))
-        return [s.webhook_out(h) for h in rows]
+        return [s.webhook_out(h) for h in subscriptions.of_namespace(session, ns)]
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204)
@@ -76,9 +70,7 @@ def remove_webhook(webhook_id: int, ctx: CtxDep) -> Response:
     with ctx.tx() as session:
         hook = webhooks.get(session, webhook_id)
         ctx.require("admin", hook.namespace)
-        hook.active = False  # deliveries stay inspectable; nothing new is queued
-        audit.record(session, ctx.actor, "webhook.removed", "webhook", str(hook.id),
-                     namespace=hook.namespace)
+        subscriptions.unsubscribe(session, ctx.actor, hook)
     return Response(status_code=204)
 
 
@@ -131,8 +123,5 @@ def set_retention(ns: str, name: str, body: KeepLastIn, ctx: CtxDep) -> s.Adapte
     """Keep the newest N versions (plus any a channel points at); null turns it off."""
     ctx.require("admin", ns)
     with ctx.tx() as session:
-        adapter = adapters.get_adapter(session, f"{ns}/{name}", for_update=True)
-        adapter.keep_last = body.keep_last
-        audit.record(session, ctx.actor, "adapter.retention", "adapter", f"{ns}/{name}",
-                     namespace=ns, payload={"keep_last": body.keep_last})
+        adapter = adapters.set_retention(session, ctx.actor, f"{ns}/{name}", body.keep_last)
         return s.adapter_out(adapter)
