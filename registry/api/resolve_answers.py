@@ -82,8 +82,12 @@ def encoded(state: State, scope: Scope, snap: Snapshot, target: Target, canary: 
     window = (int(time.monotonic() // max(settings.presign_ttl_seconds / 2, 1))
               if settings.presign_downloads else 0)
     key = (snap.channel_id, snap.revision, target.ref, canary, origin(scope), window)
-    return state.answers.body(key, lambda: answer(
-        state, str(Request(scope).base_url), snap, target, canary).model_dump_json().encode())
+    body = state.answers.get(key)
+    if body is None:
+        base_url = str(Request(scope).base_url)
+        body = state.answers.put(
+            key, answer(state, base_url, snap, target, canary).model_dump_json().encode())
+    return body
 
 
 def not_modified(state: State, if_none_match: str | None, snap: Snapshot) -> bool:

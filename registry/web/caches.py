@@ -18,14 +18,13 @@ class AnswerCache:
         self.limit = limit
         self._bodies: dict[Hashable, bytes] = {}
 
-    def body(self, key: Hashable, build: Callable[[], bytes]) -> bytes:
-        """The body cached under ``key``, else ``build()``'s, kept for next time."""
-        body = self._bodies.get(key)
-        if body is None:
-            body = build()
-            if len(self._bodies) >= self.limit:
-                self._bodies.clear()
-            self._bodies[key] = body
+    def get(self, key: Hashable) -> bytes | None:
+        return self._bodies.get(key)
+
+    def put(self, key: Hashable, body: bytes) -> bytes:
+        if len(self._bodies) >= self.limit:
+            self._bodies.clear()
+        self._bodies[key] = body
         return body
 
 

@@ -84,8 +84,9 @@ def presented_token(headers: RawHeaders) -> str | None:
     """The API token a request presents: ``Authorization: Bearer <token>``, else the UI's
     sign-in cookie; None if neither (another scheme counts as none)."""
     scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
+    token = value.strip()
+    if token and scheme.lower() == "bearer":
+        return token
     cookie = headers.get(b"cookie")
     if cookie is None:
         return None
