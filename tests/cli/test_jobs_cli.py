@@ -16,8 +16,7 @@ from click.testing import CliRunner, Result
 from cli.main import main
 from cli.params import parse_duration
 from registry import errors
-from registry.client import Client
-from registry.client_jobs import job_error
+from registry.client import Client, job_error
 from tests.cli.helpers import uvicorn_server
 from tests.fixtures.models import TinyModels
 from tests.fixtures.server import LiveServer
