@@ -66,16 +66,8 @@ from merge_worker.compose_plan import (
     plan_composition,
 )
 from merge_worker.compose_rng import PeftRandom
-from merge_worker.merge import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    CancelFn,
-    MergeCancelled,
-    OutputFile,
-    ProgressFn,
-    _staging,
-)
 from merge_worker.shards import DTYPES, ShardReader, bytes_of, read_shard, write_all_at
+from merge_worker.staging import CancelFn, OutputFile, ProgressFn, listing, staged_folder
 from registry.errors import Conflict
 
 # safetensors orders tensors by dtype (descending, in its Dtype enum's order), then by name
@@ -83,9 +75,11 @@ DTYPE_ORDER = {"F16": 0, "BF16": 1, "F32": 2, "F64": 3}
 DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32",
                torch.float64: "F64"}
 LIBRARIES = ("torch", "peft", "safetensors")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-class ComposeCancelled(MergeCancelled):
+class ComposeCancelled(Exception):
     """should_cancel() returned True; nothing was left behind."""
 
 
@@ -127,14 +121,13 @@ def compose_adapters(
     with ExitStack() as stack:
         readers = [stack.enter_context(closing(ShardReader(read_shard(item.weights))))
                    for item in plan.inputs]
-        tmp = stack.enter_context(_staging(out_dir))
+        tmp = stack.enter_context(staged_folder(out_dir))
         (tmp / ADAPTER_CONFIG).write_text(config_json(config))
         run = _Run(plan, readers, base_dtype, config)
         energy = run.write(tmp / ADAPTER_WEIGHTS, progress, should_cancel)
     if progress:
         progress(1.0, "done")
-    files = tuple(OutputFile(p.name, p.stat().st_size) for p in sorted(out_dir.iterdir()))
-    return ComposeResult(files, _parameters(plan, base_dtype), energy)
+    return ComposeResult(listing(out_dir), _parameters(plan, base_dtype), energy)
 
 
 # --- the config -------------------------------------------------------------------------------
