@@ -13,12 +13,10 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.db import transaction
-from registry.models import Job, Rollout
-from registry.services import jobs, webhooks
+from registry.services import jobs, rollouts, webhooks
 
 
 class Metrics:
@@ -49,6 +47,8 @@ class FleetCollector(Collector):
             yield from _job_metrics(session)
             yield _rollout_metric(session)
             yield _webhook_metric(session)
+
+
 def _queue_metrics(session: Session) -> Iterator[GaugeMetricFamily]:
     stats = jobs.queue_stats(session)
     depth = GaugeMetricFamily("lorareg_jobs", "jobs by status", labels=["status"])
@@ -64,16 +64,7 @@ def _job_metrics(session: Session) -> Iterator[GaugeMetricFamily]:
                              labels=["kind", "outcome"])
     seconds = GaugeMetricFamily("lorareg_job_duration_seconds_sum",
                                 "total run time of finished jobs", labels=["kind", "outcome"])
-    rows = session.execute(select(Job.kind, Job.status, Job.started_at, Job.finished_at)
-                           .where(Job.finished_at.is_not(None))
-                           .execution_options(yield_per=1000))
-    totals: dict[tuple[str, str], list[float]] = {}
-    for kind, status, started, finished in rows:
-        entry = totals.setdefault((kind, status), [0.0, 0.0])
-        entry[0] += 1
-        if started is not None and finished is not None:
-            entry[1] += (finished - started).total_seconds()
-    for (kind, outcome), (n, total) in sorted(totals.items()):
+    for (kind, outcome), (n, total) in sorted(jobs.outcome_totals(session).items()):
         done.add_metric([kind, outcome], n)
         seconds.add_metric([kind, outcome], total)
     yield done
@@ -82,8 +73,7 @@ def _job_metrics(session: Session) -> Iterator[GaugeMetricFamily]:
 
 def _rollout_metric(session: Session) -> GaugeMetricFamily:
     gauge = GaugeMetricFamily("lorareg_rollouts", "rollouts by state", labels=["state"])
-    for state, n in session.execute(select(Rollout.status, func.count())
-                                    .group_by(Rollout.status)):
+    for state, n in rollouts.count_by_status(session).items():
         gauge.add_metric([state], n)
     return gauge
 

@@ -194,7 +194,8 @@ def sql_uses(path: Path, parsed: ast.Module | None = None) -> Iterator[str]:
             yield f"{where}:{node.lineno} writes an audit event (audit.record)"
 
 
-@pytest.mark.parametrize("room", ["registry.api", "registry.ui", "registry.web"])
+@pytest.mark.parametrize("room", ["registry.api", "registry.ui", "registry.web",
+                                  "registry.prometheus"])
 def test_routers_and_pages_run_no_queries_and_write_no_audit(room: str) -> None:
     offenders([use for path in sources(room) for use in sql_uses(path)])
 

@@ -235,3 +235,18 @@ def queue_stats(session: Session) -> dict[str, Any]:
     oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED))
     age = (db_now(session) - oldest).total_seconds() if oldest else 0.0
     return {"counts": {s: int(counts.get(s, 0)) for s in JobStatus}, "oldest_queued_age": age}
+
+
+def outcome_totals(session: Session) -> dict[tuple[str, str], tuple[int, float]]:
+    """Finished jobs by ``(kind, outcome)``: how many, and their total run time in seconds
+    (for /metrics; read in batches, the table may be long)."""
+    rows = session.execute(select(Job.kind, Job.status, Job.started_at, Job.finished_at)
+                           .where(Job.finished_at.is_not(None))
+                           .execution_options(yield_per=1000))
+    totals: dict[tuple[str, str], tuple[int, float]] = {}
+    for kind, outcome, started, finished in rows:
+        n, seconds = totals.get((kind, outcome), (0, 0.0))
+        if started is not None and finished is not None:
+            seconds += (finished - started).total_seconds()
+        totals[(kind, outcome)] = (n + 1, seconds)
+    return totals

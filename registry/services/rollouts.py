@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from registry.errors import BadRequest, Conflict, NotFound
@@ -353,3 +353,8 @@ def _locked_channel(session: Session, rollout: Rollout, change: Change) -> Chann
     channels.check_cas(channel, change)
     return channel
 
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """How many rollouts are in each status (for /metrics)."""
+    rows = session.execute(select(Rollout.status, func.count()).group_by(Rollout.status))
+    return {str(status): int(n) for status, n in rows}
