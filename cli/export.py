@@ -25,6 +25,7 @@ from registry.serving.channel_export import DEFAULT_DRAIN_SECONDS, STORE, export
 from registry.serving.drain import utcnow
 from registry.serving.export import PoolExport, PoolExportResult
 from registry.serving.vllm import VllmRuntime
+from registry.statuses import VersionStatus
 
 
 @click.command()
@@ -170,7 +171,7 @@ def _export_channel(app: App, namespace: str, channel: str, root: Path, verify: 
         result = export_channel(app.client(), namespace, channel, root.resolve(),
                                 verify=verify, progress=bar, drain=drain)
     for item in result.adapters:
-        if item.status == "yanked":
+        if item.status == VersionStatus.YANKED:
             click.echo(f"warning: {item.ref}, stable on {channel}, is yanked; roll the channel "
                        "back to stop serving it", err=True)
     if app.json:
