@@ -25,6 +25,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from registry.statuses import (
+    AdapterState,
+    BaseVerdict,
     CompatStatus,
     DeliveryStatus,
     GateVerdict,
@@ -642,3 +644,50 @@ class PoolMember(Base):
     removed_at: Mapped[opt_timestamp]
 
     version: Mapped[AdapterVersion] = relationship(lazy="joined")
+
+
+class PoolReplica(Base):
+    """One serving replica of a pool as its agent last reported it (a heartbeat replaces the
+    whole report). ``drift`` is what was wrong at that heartbeat, kept to notice changes: an
+    audit event (and webhook) is written when it or the verdict changes, not per heartbeat.
+    See registry.services.residency."""
+
+    __tablename__ = "pool_replicas"
+    __table_args__ = (UniqueConstraint("pool_id", "replica_id"),)
+
+    id: Mapped[intpk]
+    pool_id: Mapped[int] = mapped_column(ForeignKey("serving_pools.id", ondelete="CASCADE"))
+    # The agent's name for its replica (--replica-id): stable across restarts.
+    replica_id: Mapped[str] = mapped_column(String(128))
+    engine: Mapped[str] = mapped_column(String(32))
+    engine_url: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    agent_version: Mapped[str] = mapped_column(String(64))
+    # The fingerprint of the base weights the replica hashed at load time (None: not yet).
+    base_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    verdict: Mapped[BaseVerdict] = mapped_column(StatusType(BaseVerdict))
+    interval_seconds: Mapped[int] = mapped_column(Integer)
+    cache_bytes: Mapped[int] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    drift: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    reported_by: Mapped[str] = mapped_column(String(128))
+    first_heartbeat_at: Mapped[timestamp]
+    last_heartbeat_at: Mapped[timestamp]
+
+    adapters: Mapped[list[ReplicaAdapter]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="ReplicaAdapter.served_name")
+
+
+class ReplicaAdapter(Base):
+    """A served name on a replica, as reported: its state since ``since`` (kept while a
+    heartbeat reports the same state and digest), the digest the agent verified, and the
+    engine's own error text for a failed load."""
+
+    __tablename__ = "replica_adapters"
+
+    pool_replica_id: Mapped[int] = mapped_column(
+        ForeignKey("pool_replicas.id", ondelete="CASCADE"), primary_key=True)
+    served_name: Mapped[str] = mapped_column(String(256), primary_key=True, index=True)
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[AdapterState] = mapped_column(StatusType(AdapterState))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    since: Mapped[timestamp]

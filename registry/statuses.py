@@ -83,6 +83,36 @@ class DeliveryStatus(StrEnum):
     DEAD = "dead"
 
 
+class BaseVerdict(StrEnum):
+    """A serving replica's base weights against its pool's base: ``UNKNOWN`` until its agent
+    reports a fingerprint of the weights it loaded (registry.services.residency)."""
+
+    COMPATIBLE = "compatible"
+    INCOMPATIBLE = "incompatible"
+    UNKNOWN = "unknown"
+
+
+class AdapterState(StrEnum):
+    """A served name on one replica, as its agent reports it: loadable now, being pulled or
+    loaded, or refused by the engine (with the engine's error)."""
+
+    LOADED = "loaded"
+    LOADING = "loading"
+    FAILED = "failed"
+
+
+class DriftKind(StrEnum):
+    """What is wrong with a replica's residency (registry.services.residency): a desired name
+    it has not loaded in time, a name it should not hold, a load the engine refused, bytes
+    that differ from what the name means, or anything loaded on an incompatible base."""
+
+    MISSING = "missing"
+    EXTRA = "extra"
+    FAILED = "failed"
+    BYTES_DIFFER = "bytes_differ"
+    INCOMPATIBLE_BASE = "incompatible_base"
+
+
 E = TypeVar("E", bound=StrEnum)
 
 
@@ -100,6 +130,7 @@ def parse(enum: type[E], value: str, what: str = "status") -> E:
 NAMES: dict[str, object] = {
     "VersionStatus": VersionStatus, "CompatStatus": CompatStatus, "JobStatus": JobStatus,
     "RolloutStatus": RolloutStatus, "PausedBy": PausedBy, "GateVerdict": GateVerdict,
-    "DeliveryStatus": DeliveryStatus, "JOB_ACTIVE": JOB_ACTIVE, "JOB_FINAL": JOB_FINAL,
+    "DeliveryStatus": DeliveryStatus, "BaseVerdict": BaseVerdict, "AdapterState": AdapterState,
+    "DriftKind": DriftKind, "JOB_ACTIVE": JOB_ACTIVE, "JOB_FINAL": JOB_FINAL,
     "ROLLOUT_ACTIVE": ROLLOUT_ACTIVE, "ROLLOUT_FINAL": ROLLOUT_FINAL,
 }

@@ -16,11 +16,13 @@ reason, and changes nothing.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from registry.blobs import BlobStore
@@ -266,3 +268,42 @@ def left(session: Session, pool: ServingPool, limit: int = MAX_LEFT) -> list[Ent
         PoolMember.pool_id == pool.id, PoolMember.removed_at.is_not(None))
         .order_by(PoolMember.removed_at.desc(), PoolMember.id.desc()).limit(limit))
     return [Entry(m.version, served(m.version), [], m.added_at, m.removed_at) for m in rows]
+
+
+def draining(session: Session, pool: ServingPool, now: datetime) -> list[Entry]:
+    """The versions that left the desired set less than ``drain_seconds`` before ``now``: an
+    engine may still load them until ``removed_at + drain_seconds``."""
+    return [e for e in retained(session, pool, now) if e.removed_at is not None]
+
+
+def revision(session: Session, pool: ServingPool, now: datetime) -> str:
+    """A digest of every fact the desired-set answer (``GET .../desired``) is made of at
+    ``now``, read with four small queries and no blob: its ETag, which agents poll.
+
+    The facts: the pool's settings (``updated_at`` moves with each change; base and engine
+    are fixed), each bound channel's revision (bumped by every change of what it serves),
+    the pins, a summary of every stay in the set (rows are only ever appended and closed
+    once, so count, last id, closed count and last close change with any change), the stays
+    still held at ``now`` (so a drain's end changes it) and their versions' compat status.
+    A version's files, digest and served name never change, so its id stands for them."""
+    cutoff = now - timedelta(seconds=pool.drain_seconds)
+    channels = session.execute(
+        select(PoolBinding.channel_id, Channel.revision).join(
+            Channel, Channel.id == PoolBinding.channel_id)
+        .where(PoolBinding.pool_id == pool.id).order_by(PoolBinding.channel_id)).all()
+    pins = session.scalars(select(PoolPin.version_id).where(PoolPin.pool_id == pool.id)
+                           .order_by(PoolPin.version_id)).all()
+    stays = session.execute(select(
+        func.count(), func.max(PoolMember.id), func.count(PoolMember.removed_at),
+        func.max(PoolMember.removed_at)).where(PoolMember.pool_id == pool.id)).one()
+    held = session.execute(
+        select(PoolMember.id, AdapterVersion.compat_status)
+        .join(AdapterVersion, AdapterVersion.id == PoolMember.version_id)
+        .where(PoolMember.pool_id == pool.id)
+        .where(PoolMember.removed_at.is_(None) | (PoolMember.removed_at > cutoff))
+        .order_by(PoolMember.id)).all()
+    facts = [pool.id, pool.updated_at, pool.base.fingerprint, pool.model_id,
+             pool.served_model_name, pool.drain_seconds, [list(c) for c in channels],
+             list(pins), list(stays), [list(h) for h in held]]
+    text = json.dumps(facts, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -35,12 +35,13 @@ from sqlalchemy.orm import Session
 from registry.egress import Guard, guarded_client
 from registry.errors import BadRequest, NotFound, PermissionDenied
 from registry.models import AuditEvent, Webhook, WebhookDelivery, WebhookEvent, utcnow
-from registry.statuses import DeliveryStatus
+from registry.statuses import BaseVerdict, DeliveryStatus
 
 EVENT_TYPES = (
     "version.pushed", "metrics.logged", "version.yanked", "version.unyanked",
     "merge.succeeded", "merge.failed", "rollout.started", "rollout.step", "rollout.paused",
-    "rollout.promoted", "rollout.aborted", "channel.changed", "rollback", "ping",
+    "rollout.promoted", "rollout.aborted", "channel.changed", "rollback", "pool.drift",
+    "pool.incompatible_base", "ping",
 )
 # audit action -> webhook event type
 FROM_AUDIT = {
@@ -50,7 +51,7 @@ FROM_AUDIT = {
     "channel.rollout.step": "rollout.step", "channel.rollout.paused": "rollout.paused",
     "channel.rollout.promoted": "rollout.promoted", "channel.rollout.aborted": "rollout.aborted",
     "channel.promoted": "channel.changed", "channel.configured": "channel.changed",
-    "channel.rollback": "rollback",
+    "channel.rollback": "rollback", "pool.replica_drift": "pool.drift",
 }
 TIMEOUT = httpx.Timeout(10.0)
 PUBLIC_ONLY = Guard()  # an instance that does not allow private targets
@@ -60,6 +61,9 @@ log = logging.getLogger("lorareg.webhooks")
 def event_type_of(event: AuditEvent) -> str | None:
     if event.action == "job.failed" and event.payload.get("kind") == "merge":
         return "merge.failed"
+    if event.action == "pool.replica_verdict":  # only becoming incompatible is news to send
+        incompatible = event.payload.get("verdict") == BaseVerdict.INCOMPATIBLE
+        return "pool.incompatible_base" if incompatible else None
     return FROM_AUDIT.get(event.action)
 
 

@@ -28,12 +28,26 @@ from registry.egress import Guard
 from registry.errors import BadRequest, PermissionDenied
 from registry.models import WebhookDelivery
 from registry.refs import Ref
-from registry.services import bases, channels, jobs, merges, rollouts, versions, webhooks
+from registry.services import (
+    bases,
+    channels,
+    desired_sets,
+    jobs,
+    merges,
+    pools,
+    residency,
+    rollouts,
+    versions,
+    webhooks,
+)
 from registry.services.channels import Change
 from registry.services.context import Actor
 from registry.services.metrics import MetricInput, log_metrics
+from registry.services.pools import PoolSettings
+from registry.services.residency import Report, Reported
 from registry.services.rollouts import RolloutSpec
 from registry.services.versions import PushRequest
+from registry.statuses import AdapterState
 from tests.fixtures.adapters import adapter_files, store_files
 from tests.fixtures.server import free_port
 from tests.registry.test_bases import entries, registration
@@ -144,6 +158,12 @@ def make_everything_happen(sessions: sessionmaker[Session], tmp_path: Path) -> N
         assert vs[0].base_model is not None
         merges.record_artifact(session, ACTOR, version=vs[0], base=vs[0].base_model,
                                files=merged, merged_fingerprint="0" * 64, job_id=None)
+        pool = pools.create_pool(session, ACTOR, "acme/gpu-a", PoolSettings(
+            base="tiny/llama@abc", model_id="/models/llama", dtype="bfloat16"))
+        residency.heartbeat(session, ACTOR, pool, "gpu-0", Report(  # drift + incompatible base
+            engine="vllm", agent_version="0", interval_seconds=10, cache_bytes=0,
+            base_fingerprint="f" * 64, adapters=[Reported(
+                desired_sets.served(vs[0]), AdapterState.LOADED, vs[0].manifest_digest)]))
 
 
 def test_every_event_type_arrives_once_signed(sessions: sessionmaker[Session],
