@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.db import transaction
-from registry.services import jobs, rollouts, webhooks
+from registry.services import jobs, residency, rollouts, webhooks
+from registry.statuses import BaseVerdict
 
 
 class Metrics:
@@ -47,6 +48,7 @@ class FleetCollector(Collector):
             yield from _job_metrics(session)
             yield _rollout_metric(session)
             yield _webhook_metric(session)
+            yield from _pool_metrics(session)
 
 
 def _queue_metrics(session: Session) -> Iterator[GaugeMetricFamily]:
@@ -84,3 +86,29 @@ def _webhook_metric(session: Session) -> GaugeMetricFamily:
     for status, n in webhooks.stats(session).items():
         gauge.add_metric([status], n)
     return gauge
+
+
+def _pool_metrics(session: Session) -> Iterator[GaugeMetricFamily]:
+    """Per pool with replicas: live replicas by verdict, served names with drift on a live
+    replica, and each replica's heartbeat age. Labels are pool and replica names only (never
+    served names or versions), and replicas silent for a day leave the ledger
+    (residency.RETIRE_AFTER), so series stay as many as the fleet's replicas."""
+    replicas = GaugeMetricFamily("lorareg_pool_replicas", "live replicas of a pool by verdict",
+                                 labels=["pool", "verdict"])
+    drift = GaugeMetricFamily("lorareg_pool_drift_versions",
+                              "served names with drift on a live replica of the pool",
+                              labels=["pool"])
+    age = GaugeMetricFamily("lorareg_pool_heartbeat_age_seconds",
+                            "seconds since a replica's last heartbeat",
+                            labels=["pool", "replica"])
+    for st in residency.fleet(session):
+        name = st.pool.full_name
+        for verdict in BaseVerdict:
+            replicas.add_metric([name, verdict.value], sum(
+                r.live and r.row.verdict == verdict for r in st.replicas))
+        drift.add_metric([name], len(st.drift_versions))
+        for r in st.replicas:
+            age.add_metric([name, r.row.replica_id], r.age_seconds)
+    yield replicas
+    yield drift
+    yield age

@@ -16,8 +16,11 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, Field
 
 from registry.statuses import (
+    AdapterState,
+    BaseVerdict,
     CompatStatus,
     DeliveryStatus,
+    DriftKind,
     GateVerdict,
     JobStatus,
     PausedBy,
@@ -414,11 +417,26 @@ class MemberOut(BaseModel):
     removed_at: datetime | None
     ok: bool | None
     problems: list[str] | None
+    files: list[FileOut] | None = Field(
+        None, description="the version's files, so an agent pulls without another call "
+                          "(members and draining versions; not ``left``)")
+    drain_ends_at: datetime | None = Field(
+        None, description="a draining version: when engines may stop serving it")
 
 
 class DesiredOut(BaseModel):
     pool: str
+    revision: str = Field(description="digest of the whole answer: the ETag; changes only "
+                                      "when the answer does")
+    base_fingerprint: str = Field(description="the pool base's fingerprint: replicas must "
+                                              "hash the same weights")
+    model_id: str
+    served_model_name: str | None
+    drain_seconds: int
     members: list[MemberOut]
+    draining: list[MemberOut] = Field(description="versions that left less than "
+                                                  "drain_seconds ago: keep them loaded until "
+                                                  "drain_ends_at")
     set_problems: list[str] = Field(description="problems of the set as a whole")
     left: list[MemberOut] = Field(description="stays that ended, newest first")
 
@@ -429,3 +447,93 @@ class PoolCheckOut(BaseModel):
     served_name: str
     ok: bool
     problems: list[str]
+
+
+# ------------------------------------------------------------------------------ residency
+
+
+class DriftOut(BaseModel):
+    kind: DriftKind
+    served_name: str
+    detail: str
+
+
+class ReplicaAdapterOut(BaseModel):
+    served_name: str
+    ref: str | None = Field(description="the version the name means in this registry (None: "
+                                        "it names none of the pool's namespace)")
+    digest: str | None = Field(description="the manifest digest the agent verified")
+    state: AdapterState
+    error: str | None = Field(description="the engine's own error text of a failed load")
+    since: datetime
+
+
+class ReplicaOut(BaseModel):
+    pool: str
+    replica_id: str
+    engine: str
+    engine_url: str | None
+    agent_version: str
+    verdict: BaseVerdict
+    base_fingerprint: str | None = Field(description="what the replica hashed at load time")
+    pool_fingerprint: str = Field(description="what the pool's base is")
+    interval_seconds: int
+    live: bool = Field(description="heard within live_factor x interval_seconds")
+    first_heartbeat_at: datetime
+    last_heartbeat_at: datetime
+    heartbeat_age_seconds: float
+    cache_bytes: int
+    last_error: str | None
+    reported_by: str
+    adapters: list[ReplicaAdapterOut]
+    loaded: list[str] = Field(description="served names loaded with the bytes they mean")
+    pending: list[str] = Field(description="desired names not loaded yet, within the grace")
+    drift: list[DriftOut]
+
+
+class HeartbeatOut(ReplicaOut):
+    desired_revision: str = Field(description="the desired set's revision now: fetch it again "
+                                              "when it differs from the one you hold")
+
+
+class PoolVersionOut(BaseModel):
+    ref: str
+    served_name: str
+    manifest_digest: str
+    draining: bool
+    drain_ends_at: datetime | None
+
+
+class PoolStatusOut(BaseModel):
+    pool: str
+    base_fingerprint: str
+    model_id: str
+    revision: str
+    live_factor: int
+    versions: list[PoolVersionOut] = Field(description="the desired set, then draining ones")
+    replicas: list[ReplicaOut]
+    live: int
+    verdicts: dict[BaseVerdict, int] = Field(description="live replicas by verdict")
+    drift_versions: list[str] = Field(description="served names with drift on a live replica")
+
+
+class WhereReplicaOut(BaseModel):
+    pool: str
+    replica_id: str
+    live: bool
+    verdict: BaseVerdict
+    state: AdapterState
+    digest: str | None
+    bytes_ok: bool = Field(description="the digest reported is the version's")
+    since: datetime
+    error: str | None
+    last_heartbeat_at: datetime
+
+
+class WhereOut(BaseModel):
+    ref: str
+    served_name: str
+    manifest_digest: str
+    desired_in: list[str] = Field(description="pools whose desired set holds the version")
+    draining_in: list[str]
+    replicas: list[WhereReplicaOut]

@@ -20,6 +20,7 @@ from registry.api.routes import (
     bases,
     blobs,
     channels,
+    fleet,
     jobs,
     ops,
     pools,
@@ -121,7 +122,7 @@ def create_app(
     app.state.lorareg = state
     problems.install(app)
     # resolve first: it is the hot path, and routes are matched in order.
-    for module in (resolve, admin, adapters, bases, blobs, channels, jobs, ops, pools):
+    for module in (resolve, admin, adapters, bases, blobs, channels, jobs, ops, pools, fleet):
         app.include_router(module.router)
     ui.install(app)  # /ui pages and /ui/static (registry/ui/__init__.py)
     docs.install(app)  # /docs, Swagger UI from the installed package, no CDN

@@ -40,6 +40,10 @@ NAMES: dict[str, str] = {
     "pools.unpin": "unpinPoolVersion",
     "pools.desired": "getDesiredSet",
     "pools.check": "checkPoolVersion",
+    "fleet.heartbeat": "reportReplicaHeartbeat",
+    "fleet.forget": "forgetReplica",
+    "fleet.status": "getPoolStatus",
+    "fleet.where": "locateVersion",
 }
 
 

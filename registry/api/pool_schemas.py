@@ -3,6 +3,7 @@ models (defined in :mod:`registry.wire`) built from rows."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field
@@ -11,7 +12,14 @@ from registry.api.schemas import In
 from registry.models import AdapterVersion, Channel, ServingPool
 from registry.services import desired_sets, pools
 from registry.vllm_architectures import DEFAULT_MAX_LORA_RANK
-from registry.wire import DesiredOut, MemberOut, PoolCheckOut, PoolDetailOut, PoolOut
+from registry.wire import (
+    DesiredOut,
+    FileOut,
+    MemberOut,
+    PoolCheckOut,
+    PoolDetailOut,
+    PoolOut,
+)
 
 __all__ = ["DesiredOut", "MemberOut", "PoolCheckOut", "PoolDetailOut", "PoolOut"]
 
@@ -73,8 +81,15 @@ def pool_detail_out(pool: ServingPool, channels: list[Channel], pinned: list[Ada
                          pinned=[desired_sets.ref(v) for v in pinned])
 
 
-def member_out(e: desired_sets.Entry) -> MemberOut:
+def member_out(e: desired_sets.Entry, *, files: bool = False, drain: int | None = None
+               ) -> MemberOut:
+    """A desired-set entry; with its files (what an agent pulls), and, given the pool's drain
+    seconds, when a draining entry's drain ends."""
+    ends = e.removed_at + timedelta(seconds=drain) if drain is not None and e.removed_at else None
     return MemberOut(ref=desired_sets.ref(e.version), served_name=e.served_name,
                      manifest_digest=e.version.manifest_digest, sources=e.sources,
                      added_at=e.added_at, removed_at=e.removed_at,
-                     ok=None if e.problems is None else not e.problems, problems=e.problems)
+                     ok=None if e.problems is None else not e.problems, problems=e.problems,
+                     files=[FileOut(path=f.path, digest=f.digest, size=f.size)
+                            for f in e.version.files] if files else None,
+                     drain_ends_at=ends)

@@ -429,4 +429,12 @@ _ELSEWHERE: dict[tuple[str, str], dict[str, Any]] = {
             "304": {"description": "Not modified: the channel is as your ETag says",
                     "headers": _RESOLVE_HEADERS}}},
     ("post", "/api/v1/resolve"): {"responses": responses(404)},
+    ("get", "/api/v1/pools/{ns}/{pool}/desired"): {
+        "parameters": [{**_IF_NONE_MATCH,
+                        "description": "the ETag of your last answer: 304 while the desired "
+                                       "set is unchanged (held up to `wait` seconds)"}],
+        "responses": {
+            "200": {"headers": {"ETag": header("the set's revision")}},
+            "304": {"description": "Not modified: the desired set is as your ETag says",
+                    "headers": {"ETag": header("the set's revision")}}}},
 }

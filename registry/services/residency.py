@@ -115,6 +115,7 @@ class ReplicaView:
     """A replica's last report read against what its pool should hold now."""
 
     row: PoolReplica
+    pool: ServingPool
     live: bool
     age_seconds: float
     refs: dict[str, str]  # served name -> the version it names, for names that name one
@@ -376,7 +377,7 @@ def _view(session: Session, row: PoolReplica, want: Expected) -> ReplicaView:
     named = _named_versions(session, want, [a.served_name for a in row.adapters])
     loaded, pending, found = drift_of(row, want, named)
     refs = {name: sets.ref(v) for name, v in named.items()}
-    return ReplicaView(row, live, age, refs, loaded, pending, found)
+    return ReplicaView(row, want.pool, live, age, refs, loaded, pending, found)
 
 
 def _named_versions(session: Session, want: Expected, names: Iterable[str]

@@ -30,6 +30,7 @@ createPool           POST   /api/v1/pools/{ns}
 createToken          POST   /api/v1/tokens
 downloadBlob         GET    /api/v1/blobs/{digest}
 findMissingBlobs     POST   /api/v1/blobs/missing
+forgetReplica        DELETE /api/v1/pools/{ns}/{pool}/replicas/{replica_id}
 getAdapter           GET    /api/v1/adapters/{ns}/{name}
 getBase              GET    /api/v1/bases/{base_id}
 getBaseManifest      GET    /api/v1/bases/{base_id}/manifest
@@ -38,6 +39,7 @@ getDesiredSet        GET    /api/v1/pools/{ns}/{pool}/desired
 getJob               GET    /api/v1/jobs/{job_id}
 getMergedArtifact    GET    /api/v1/adapters/{ns}/{name}/versions/{sel}/merged
 getPool              GET    /api/v1/pools/{ns}/{pool}
+getPoolStatus        GET    /api/v1/pools/{ns}/{pool}/status
 getPrometheusMetrics GET    /metrics
 getRollout           GET    /api/v1/rollouts/{rollout_id}
 getServerVersion     GET    /api/v1/version
@@ -56,6 +58,7 @@ listPools            GET    /api/v1/pools
 listTokens           GET    /api/v1/tokens
 listVersions         GET    /api/v1/adapters/{ns}/{name}/versions
 listWebhooks         GET    /api/v1/namespaces/{ns}/webhooks
+locateVersion        GET    /api/v1/where/{ns}/{name}/{sel}
 logMetrics           POST   /api/v1/adapters/{ns}/{name}/versions/{sel}/metrics
 metricHistory        GET    /api/v1/adapters/{ns}/{name}/versions/{sel}/metrics
 patchAdapter         PATCH  /api/v1/adapters/{ns}/{name}
@@ -67,6 +70,7 @@ redeliverDelivery    POST   /api/v1/deliveries/{delivery_id}/redeliver
 registerBase         POST   /api/v1/bases
 removeWebhook        DELETE /api/v1/webhooks/{webhook_id}
 reportLive           POST   /api/v1/metrics/live
+reportReplicaHeartbeat PUT  /api/v1/pools/{ns}/{pool}/replicas/{replica_id}
 requestMerge         POST   /api/v1/adapters/{ns}/{name}/versions/{sel}/merge
 resolve              GET    /api/v1/resolve/{ns}/{target}
 resolveBatch         POST   /api/v1/resolve

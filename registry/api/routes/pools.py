@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from registry.api import pool_schemas as ps
 from registry.api import problems
 from registry.api import schemas as s
+from registry.api.etags import etag_matches
 from registry.api.routes.adapters import ref_of
-from registry.models import ServingPool
+from registry.models import ServingPool, utcnow
 from registry.refs import check_namespace
 from registry.services import desired_sets, pools, versions
 from registry.web.context import Ctx, CtxDep
@@ -25,6 +28,8 @@ from registry.web.context import Ctx, CtxDep
 router = APIRouter(prefix="/api/v1/pools", tags=["pools"])
 POOL = "/{ns}/{pool}"
 Number = Annotated[int, Path(ge=1, le=2**31 - 1)]
+WAIT_MAX = 60  # seconds a long poll of the desired set may be held
+POLL_SECONDS = 0.5  # how often a held poll looks at the set's revision
 
 
 def _detail(session: Session, pool: ServingPool) -> ps.PoolDetailOut:
@@ -118,15 +123,52 @@ def unpin(ns: str, pool: str, adapter_ns: str, name: str, number: Number, ctx: C
         return _detail(session, row)
 
 
-@router.get(POOL + "/desired", response_model=ps.DesiredOut)
-def desired(ns: str, pool: str, ctx: CtxDep) -> ps.DesiredOut:
-    """The desired set: each version, its served name, why it is there, since when and its
-    verdict; the set's own problems; and the versions that left it, with when."""
+@router.get(POOL + "/desired", response_model=ps.DesiredOut)  # 304: registry/api/problems.py
+async def desired(ns: str, pool: str, ctx: CtxDep, request: Request,
+                  wait: Annotated[float, Query(ge=0, le=WAIT_MAX)] = 0) -> Response:
+    """The desired set: each version with its files, served name, why it is there, since when
+    and its verdict; the versions still draining and when their drain ends; the set's own
+    problems; and the versions that left it, with when.
+
+    The ``ETag`` is the set's ``revision``: with ``If-None-Match`` the answer is ``304`` while
+    nothing changed, and ``wait=N`` (seconds, at most 60) holds that ``304`` back until the set
+    changes or N seconds pass (a long poll: checked every half second on the event loop, with
+    no thread or database connection held in between)."""
+    held = request.headers.get("if-none-match")
+    deadline = anyio.current_time() + wait
+    while held is not None:
+        revision = await anyio.to_thread.run_sync(_revision, ctx, ns, pool)
+        if not etag_matches(held, _etag(revision)):
+            break
+        left = deadline - anyio.current_time()
+        if left <= 0 or await request.is_disconnected():
+            return Response(status_code=304, headers={"ETag": _etag(revision)})
+        await anyio.sleep(min(POLL_SECONDS, left))
+    answer = await anyio.to_thread.run_sync(_desired, ctx, ns, pool)
+    return Response(answer.model_dump_json(), media_type="application/json",
+                    headers={"ETag": _etag(answer.revision)})
+
+
+def _etag(revision: str) -> str:
+    return f'W/"{revision}"'
+
+
+def _revision(ctx: Ctx, ns: str, pool: str) -> str:
     with ctx.tx() as session:
-        row = _pool(session, ctx, ns, pool, "read")
+        return desired_sets.revision(session, _pool(session, ctx, ns, pool, "read"), utcnow())
+
+
+def _desired(ctx: Ctx, ns: str, pool: str) -> ps.DesiredOut:
+    with ctx.tx() as session:
+        row, now = _pool(session, ctx, ns, pool, "read"), utcnow()
         return ps.DesiredOut(
-            pool=row.full_name,
-            members=[ps.member_out(e) for e in desired_sets.desired(session, ctx.store, row)],
+            pool=row.full_name, revision=desired_sets.revision(session, row, now),
+            base_fingerprint=row.base.fingerprint, model_id=row.model_id,
+            served_model_name=row.served_model_name, drain_seconds=row.drain_seconds,
+            members=[ps.member_out(e, files=True)
+                     for e in desired_sets.desired(session, ctx.store, row)],
+            draining=[ps.member_out(e, files=True, drain=row.drain_seconds)
+                      for e in desired_sets.draining(session, row, now)],
             set_problems=desired_sets.set_problems(session, row),
             left=[ps.member_out(e) for e in desired_sets.left(session, row)])
 
