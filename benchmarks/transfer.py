@@ -337,7 +337,7 @@ def api_push(bench: Bench, label: str, url: str, token: str, folder: Path) -> No
         assert pushed["uploaded_bytes"] == size and pushed["version"] == 1, pushed
         start_ = time.perf_counter()  # identical content: hash, `missing`, create (a no-op)
         again = client.push(folder, ADAPTER, BASE)
-        assert again["uploaded_bytes"] == 0 and again["version"] == 1, again
+        assert again.uploaded_bytes == 0 and again.version == 1, again
         print(f"  {label + ' push again (uploads nothing)':<44} "
               f"{time.perf_counter() - start_:7.2f} s")
 

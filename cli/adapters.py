@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import click
+from pydantic import BaseModel
 
 from cli import output
 from cli.app import App, json_option, pass_app
 from cli.params import labels_callback
+from registry.client import AdapterOut, BaseRefOut, VersionOut
+from registry.statuses import VersionStatus
+
+Row = TypeVar("Row", bound=BaseModel)
 
 
 @click.command()
 @click.argument("target", required=False, metavar="[NAMESPACE | NAMESPACE/ADAPTER]")
 @click.option("--label", "labels", multiple=True, callback=labels_callback, metavar="K=V",
               help="Only items with this label (repeatable).")
-@click.option("--status", type=click.Choice(["active", "yanked"]), help="Versions: by status.")
+@click.option("--status", type=click.Choice([s.value for s in VersionStatus]),
+              help="Versions: by status.")
 @click.option("--metric", "metric_filters", multiple=True, metavar="EXPR",
               help="Versions: metric filter such as 'accuracy>=0.9' (repeatable).")
 @click.option("--base", metavar="HUB_ID@REV", help="Versions: trained on this base.")
@@ -40,17 +46,17 @@ def ls(
     adapter = target if target and "/" in target else None
     namespace = None if adapter else target
     if adapter or status or metric_filters or base or order:
-        rows = list(client.versions(
+        versions = list(client.versions(
             adapter, namespace=namespace, status=status, labels=labels, base=base,
             metric_filters=metric_filters, sort=sort, order=order, limit=limit,
         ))
-        _print(app, rows, _version_table)
+        _print(app, versions, _version_table)
     else:
-        rows = list(client.adapters(namespace=target, label=labels, sort=sort, limit=limit))
-        _print(app, rows, _adapter_table)
+        adapters = list(client.adapters(namespace=target, label=labels, sort=sort, limit=limit))
+        _print(app, adapters, _adapter_table)
 
 
-def _print(app: App, rows: list[dict[str, Any]], human: Any) -> None:
+def _print(app: App, rows: Sequence[Row], human: Callable[[Sequence[Row]], None]) -> None:
     if app.json:
         output.emit_json(rows)
     elif rows:
@@ -59,27 +65,24 @@ def _print(app: App, rows: list[dict[str, Any]], human: Any) -> None:
         app.note("nothing found")
 
 
-def _adapter_table(rows: Iterable[Mapping[str, Any]]) -> None:
+def _adapter_table(rows: Iterable[AdapterOut]) -> None:
     output.table(
         ["ADAPTER", "LATEST", "LABELS", "UPDATED", "DESCRIPTION"],
-        [[r["name"], r.get("latest_version"), r.get("labels"), output.when(r.get("updated_at")),
-          output.short(r.get("description"))] for r in rows],
+        [[r.name, r.latest_version, r.labels, output.when(r.updated_at),
+          output.short(r.description)] for r in rows],
     )
 
 
-def _version_table(rows: Iterable[Mapping[str, Any]]) -> None:
+def _version_table(rows: Iterable[VersionOut]) -> None:
     output.table(
         ["VERSION", "STATUS", "BASE", "COMPAT", "METRICS", "SIZE", "CREATED"],
-        [[r["ref"], r.get("status"), _base(r.get("base")),
-          (r.get("base") or {}).get("compat_status"), r.get("metrics"),
-          output.size(r.get("total_size")), output.when(r.get("created_at"))] for r in rows],
+        [[r.ref, r.status, _base(r.base), r.base.compat_status, r.metrics,
+          output.size(r.total_size), output.when(r.created_at)] for r in rows],
     )
 
 
-def _base(base: Mapping[str, Any] | None) -> str:
-    if not base:
-        return "-"
-    return f"{base.get('hub_id')}@{str(base.get('revision'))[:12]}"
+def _base(base: BaseRefOut) -> str:
+    return f"{base.hub_id}@{base.revision[:12]}"
 
 
 @click.command()
@@ -92,26 +95,26 @@ def show(app: App, ref: str) -> None:
     if app.json:
         output.emit_json(v)
         return
-    base = v.get("base") or {}
+    base = v.base
     output.fields([
-        ("version", v["ref"]),
-        ("status", v["status"] if v.get("status") != "yanked"
-         else f"yanked ({v.get('yank_reason')})"),
-        ("manifest", v.get("manifest_digest")),
-        ("base", f"{base.get('hub_id')}@{base.get('revision')}"),
-        ("compat", base.get("compat_status")),
-        ("fingerprint", base.get("fingerprint")),
-        ("peft", _peft_summary(v.get("peft_config") or {})),
-        ("metrics", v.get("metrics")),
-        ("labels", v.get("labels")),
-        ("provenance", v.get("provenance")),
-        ("pushed by", v.get("pushed_by")),
-        ("created", output.when(v.get("created_at"))),
-        ("size", output.size(v.get("total_size"))),
+        ("version", v.ref),
+        ("status", v.status if v.status != VersionStatus.YANKED
+         else f"{v.status} ({v.yank_reason})"),
+        ("manifest", v.manifest_digest),
+        ("base", f"{base.hub_id}@{base.revision}"),
+        ("compat", base.compat_status),
+        ("fingerprint", base.fingerprint),
+        ("peft", _peft_summary(v.peft_config or {})),
+        ("metrics", v.metrics),
+        ("labels", v.labels),
+        ("provenance", v.provenance),
+        ("pushed by", v.pushed_by),
+        ("created", output.when(v.created_at)),
+        ("size", output.size(v.total_size)),
     ])
     click.echo("")
     output.table(["FILE", "SIZE", "SHA256"],
-                 [[f["path"], output.size(f["size"]), f["digest"]] for f in v.get("files", [])])
+                 [[f.path, output.size(f.size), f.digest] for f in v.files])
 
 
 def _peft_summary(config: Mapping[str, Any]) -> str:
@@ -134,8 +137,7 @@ def namespace_ls(app: App) -> None:
         output.emit_json(rows)
         return
     output.table(["NAMESPACE", "CREATED", "DESCRIPTION"],
-                 [[r["name"], output.when(r.get("created_at")), output.short(r.get("description"))]
-                  for r in rows])
+                 [[r.name, output.when(r.created_at), output.short(r.description)] for r in rows])
 
 
 @namespace.command("create")
@@ -149,4 +151,4 @@ def namespace_create(app: App, name: str, description: str) -> None:
     if app.json:
         output.emit_json(created)
     else:
-        app.say(f"created namespace {created.get('name', name)}")
+        app.say(f"created namespace {created.name}")

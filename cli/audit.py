@@ -26,6 +26,5 @@ def audit(app: App, namespace: str | None, target: str | None, action: str | Non
         return
     output.table(
         ["ID", "TIME", "ACTOR", "ACTION", "TARGET"],
-        [[r.get("id"), output.when(r.get("created_at")), r.get("actor"), r.get("action"),
-          r.get("target")] for r in rows],
+        [[r.id, output.when(r.created_at), r.actor, r.action, r.target] for r in rows],
     )

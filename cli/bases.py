@@ -3,15 +3,13 @@ base folder hold the weights a version was verified against?)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import click
 
 from cli import output
 from cli.app import App, json_option, pass_app
-from registry.client import Client
+from registry.client import BaseRefOut, Client, RegisteredBase
 
 
 def _client(app: App) -> Client:
@@ -57,6 +55,7 @@ def register(
     if hf_spec is None and (folder is None or not hub_id or not revision):
         raise click.UsageError("give FOLDER with --name and --revision, or --hf-cache")
     client = _client(app)
+    result: RegisteredBase
     with app.progress_bar("fingerprint") as bar:
         if hf_spec is not None:
             result = client.register_hf_cache(hf_spec, upload=upload, no_cache=no_cache,
@@ -68,11 +67,11 @@ def register(
     if app.json:
         output.emit_json(result)
         return
-    what = "registered" if result.get("created") else "already registered:"
-    uploaded = f", {output.size(result.get('uploaded_bytes'))} uploaded" if upload else ""
-    app.say(f"{what} base {result['id']} {result['hub_id']}@{result['revision']} "
-            f"fingerprint {result['fingerprint']} ({result.get('tensor_count')} tensors, "
-            f"{output.size(result.get('total_bytes'))}{uploaded})")
+    what = "registered" if result.created else "already registered:"
+    uploaded = f", {output.size(result.uploaded_bytes)} uploaded" if upload else ""
+    app.say(f"{what} base {result.id} {result.hub_id}@{result.revision} "
+            f"fingerprint {result.fingerprint} ({result.tensor_count} tensors, "
+            f"{output.size(result.total_bytes)}{uploaded})")
 
 
 @base.command("ls")
@@ -91,9 +90,8 @@ def base_ls(app: App, hub_id: str | None, revision: str | None, limit: int | Non
     else:
         output.table(
             ["ID", "BASE", "FINGERPRINT", "TENSORS", "SIZE", "UPLOADED", "CREATED"],
-            [[r["id"], f"{r['hub_id']}@{str(r['revision'])[:12]}", r["fingerprint"][:16],
-              r.get("tensor_count"), output.size(r.get("total_bytes")),
-              "yes" if r.get("files") else "no", output.when(r.get("created_at"))]
+            [[r.id, f"{r.hub_id}@{r.revision[:12]}", r.fingerprint[:16], r.tensor_count,
+              output.size(r.total_bytes), "yes" if r.files else "no", output.when(r.created_at)]
              for r in rows],
         )
 
@@ -109,16 +107,16 @@ def base_show(app: App, base_id: int) -> None:
         output.emit_json(b)
         return
     output.fields([
-        ("id", b["id"]), ("base", f"{b['hub_id']}@{b['revision']}"),
-        ("fingerprint", b["fingerprint"]), ("tensors", b.get("tensor_count")),
-        ("size", output.size(b.get("total_bytes"))), ("created by", b.get("created_by")),
-        ("created", output.when(b.get("created_at"))),
-        ("uploaded", f"{len(b.get('files') or [])} files" if b.get("files") else "no"),
+        ("id", b.id), ("base", f"{b.hub_id}@{b.revision}"),
+        ("fingerprint", b.fingerprint), ("tensors", b.tensor_count),
+        ("size", output.size(b.total_bytes)), ("created by", b.created_by),
+        ("created", output.when(b.created_at)),
+        ("uploaded", f"{len(b.files)} files" if b.files else "no"),
     ])
-    if b.get("files"):
+    if b.files:
         click.echo("")
         output.table(["FILE", "SIZE", "SHA256"],
-                     [[f["path"], output.size(f["size"]), f["digest"]] for f in b["files"]])
+                     [[f.path, output.size(f.size), f.digest] for f in b.files])
 
 
 @click.command()
@@ -144,9 +142,9 @@ def verify(app: App, ref: str, base_path: Path, no_cache: bool) -> None:
     if app.json:
         output.emit_json(result)
         return
-    app.say(f"compatible: fingerprint {result['fingerprint']} ({result['ref']} on "
-            f"{result['path']}, {_base_name(result['base'])}, {result['tensors']} tensors)")
+    app.say(f"compatible: fingerprint {result.fingerprint} ({result.ref} on "
+            f"{result.path}, {_base_name(result.base)}, {result.tensors} tensors)")
 
 
-def _base_name(base: Mapping[str, Any]) -> str:
-    return f"{base.get('hub_id')}@{base.get('revision')}"
+def _base_name(base: BaseRefOut) -> str:
+    return f"{base.hub_id}@{base.revision}"

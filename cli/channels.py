@@ -8,14 +8,12 @@ pipelines promoting at once get one success and one conflict (exit 3).
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from cli import output
 from cli.app import App, json_option, pass_app
 from cli.channel_params import DURATION, STEPS, echo_problems, seconds, version_of, weight
-from registry.client import channel_ref
+from registry.client import ChannelEventOut, channel_ref
 from registry.errors import IncompatiblePool, InvalidAdapter
 
 PROFILES = ("any", "vllm", "merged")
@@ -66,15 +64,15 @@ def promote(
     if app.json:
         output.emit_json(result)
         return
-    chan, rollout = result["channel"], result["rollout"]
-    target = f"{chan['adapter']}:{chan['name']}"
+    chan, rollout = result.channel, result.rollout
+    target = f"{chan.adapter}:{chan.name}"
     if rollout is None:
-        app.say(f"promoted {ref} to {target} (channel revision {chan['revision']})")
+        app.say(f"promoted {ref} to {target} (channel revision {chan.revision})")
         return
-    app.say(f"rollout {rollout['id']} started: {ref} on {target} at "
-            f"{weight(rollout['weight_bp'])}, steps {','.join(map(str, rollout['steps']))} "
-            f"every {seconds(rollout['interval_seconds'])} (channel revision {chan['revision']})")
-    app.note(f"follow it with: lorareg rollout watch {rollout['id']}")
+    app.say(f"rollout {rollout.id} started: {ref} on {target} at "
+            f"{weight(rollout.weight_bp)}, steps {','.join(map(str, rollout.steps))} "
+            f"every {seconds(rollout.interval_seconds)} (channel revision {chan.revision})")
+    app.note(f"follow it with: lorareg rollout watch {rollout.id}")
 
 
 @click.command()
@@ -94,14 +92,13 @@ def rollback(app: App, ref: str, to_version: int | None, reason: str,
     """
     before = None if expect_revision is not None else app.client().channel(ref)
     result = app.client().rollback(
-        ref, to_version, reason,
-        expect_revision if before is None else int(before["revision"]))
+        ref, to_version, reason, expect_revision if before is None else before.revision)
     if app.json:
         output.emit_json(result)
         return
-    was = f" (was {version_of(before['stable'])})" if before else ""
-    app.say(f"rolled back {ref} to {version_of(result['stable'])}{was}; channel revision "
-            f"{result['revision']}")
+    was = f" (was {version_of(before.stable)})" if before else ""
+    app.say(f"rolled back {ref} to {version_of(result.stable)}{was}; channel revision "
+            f"{result.revision}")
 
 
 @click.command()
@@ -117,21 +114,21 @@ def history(app: App, ref: str, limit: int | None) -> None:
         return
     output.table(
         ["TIME", "REV", "ACTOR", "ACTION", "FROM -> TO", "CANARY/WEIGHT", "REASON"],
-        [[output.when(e["created_at"]), e["revision"], e["actor"], e["action"],
-          _move(e), _canary(e), output.short(e["reason"], 60)] for e in events],
+        [[output.when(e.created_at), e.revision, e.actor, e.action,
+          _move(e), _canary(e), output.short(e.reason, 60)] for e in events],
     )
 
 
-def _move(event: dict[str, Any]) -> str:
-    if event["from_stable"] is None and event["to_stable"] is None:
+def _move(event: ChannelEventOut) -> str:
+    if event.from_stable is None and event.to_stable is None:
         return "-"
-    return f"{version_of(event['from_stable'])} -> {version_of(event['to_stable'])}"
+    return f"{version_of(event.from_stable)} -> {version_of(event.to_stable)}"
 
 
-def _canary(event: dict[str, Any]) -> str:
-    if event["canary"] is None:
+def _canary(event: ChannelEventOut) -> str:
+    if event.canary is None:
         return "-"
-    return f"{version_of(event['canary'])} {weight(event['canary_weight_bp'])}"
+    return f"{version_of(event.canary)} {weight(event.canary_weight_bp)}"
 
 
 @click.command()
@@ -153,31 +150,30 @@ def check(app: App, ref: str, profile: str, pool: str | None) -> None:
         _check_pool(app, ref, pool)
         return
     result = app.client().check(ref, profile)
-    if not result["ok"]:
+    if not result.ok:
         if not app.json:  # with --json the problem document below carries the list
-            echo_problems(result["problems"])
+            echo_problems(result.problems)
         raise InvalidAdapter(
-            f"{result['ref']} cannot be served by profile {profile}: "
-            + "; ".join(result["problems"]),
-            ref=result["ref"], profile=profile, ok=False, problems=result["problems"])
+            f"{result.ref} cannot be served by profile {profile}: " + "; ".join(result.problems),
+            ref=result.ref, profile=profile, ok=False, problems=result.problems)
     if app.json:
         output.emit_json(result)
     else:
-        app.say(f"{result['ref']} can be served by profile {profile}")
+        app.say(f"{result.ref} can be served by profile {profile}")
 
 
 def _check_pool(app: App, ref: str, pool: str) -> None:
     result = app.client().check_pool(ref, pool)
-    if not result["ok"]:
+    if not result.ok:
         if not app.json:
-            echo_problems(result["problems"])
+            echo_problems(result.problems)
         raise IncompatiblePool(
-            f"{result['ref']} cannot be served by pool {pool}: " + "; ".join(result["problems"]),
-            ref=result["ref"], pool=pool, ok=False, problems=result["problems"])
+            f"{result.ref} cannot be served by pool {pool}: " + "; ".join(result.problems),
+            ref=result.ref, pool=pool, ok=False, problems=result.problems)
     if app.json:
         output.emit_json(result)
     else:
-        app.say(f"{result['ref']} can be served by pool {pool} as {result['served_name']}")
+        app.say(f"{result.ref} can be served by pool {pool} as {result.served_name}")
 
 
 @click.command()
@@ -192,11 +188,10 @@ def resolve(app: App, ref: str, key: str) -> None:
     if app.json:
         output.emit_json(result)
         return
-    app.say(f"{result['ref']}{' (canary)' if result['canary'] else ''}  "
-            f"manifest {result['manifest_digest'][:12]}  served as {result['served_name']}")
+    app.say(f"{result.ref}{' (canary)' if result.canary else ''}  "
+            f"manifest {result.manifest_digest[:12]}  served as {result.served_name}")
     output.table(["PATH", "SIZE", "SHA256", "URL"],
-                 [[f["path"], output.size(f["size"]), f["digest"][:12], f["url"]]
-                  for f in result["files"]])
+                 [[f.path, output.size(f.size), f.digest[:12], f.url] for f in result.files])
 
 
 # --------------------------------------------------------------------------- channel ...
@@ -225,9 +220,9 @@ def channel_set(app: App, ref: str, profile: str | None, protected: bool | None,
     if app.json:
         output.emit_json(result)
         return
-    app.say(f"{ref}: profile {result['profile']}, "
-            f"{'protected' if result['protected'] else 'unprotected'} "
-            f"(channel revision {result['revision']})")
+    app.say(f"{ref}: profile {result.profile}, "
+            f"{'protected' if result.protected else 'unprotected'} "
+            f"(channel revision {result.revision})")
 
 
 @channel.command("show")
@@ -241,16 +236,16 @@ def channel_show(app: App, ref: str) -> None:
         output.emit_json(result)
         return
     output.fields([
-        ("channel", f"{result['adapter']}:{result['name']}"),
-        ("stable", version_of(result["stable"])),
-        ("canary", f"{version_of(result['canary'])} {weight(result['canary_weight_bp'])}"
-         if result["canary"] else None),
-        ("rollout", result["rollout_id"]),
-        ("profile", result["profile"]),
-        ("protected", "yes" if result["protected"] else "no"),
-        ("base", result["base_fingerprint"]),
-        ("revision", result["revision"]),
-        ("updated", output.when(result["updated_at"])),
+        ("channel", f"{result.adapter}:{result.name}"),
+        ("stable", version_of(result.stable)),
+        ("canary", f"{version_of(result.canary)} {weight(result.canary_weight_bp)}"
+         if result.canary else None),
+        ("rollout", result.rollout_id),
+        ("profile", result.profile),
+        ("protected", "yes" if result.protected else "no"),
+        ("base", result.base_fingerprint),
+        ("revision", result.revision),
+        ("updated", output.when(result.updated_at)),
     ])
 
 
@@ -265,9 +260,9 @@ def channel_ls(app: App, adapter: str) -> None:
         output.emit_json(rows)
         return
     output.table(["CHANNEL", "STABLE", "CANARY", "WEIGHT", "ROLLOUT", "PROFILE", "REV"],
-                 [[r["name"], version_of(r["stable"]), version_of(r["canary"]),
-                   weight(r["canary_weight_bp"]) if r["canary"] else "-", r["rollout_id"],
-                   r["profile"] + (" (protected)" if r["protected"] else ""), r["revision"]]
+                 [[r.name, version_of(r.stable), version_of(r.canary),
+                   weight(r.canary_weight_bp) if r.canary else "-", r.rollout_id,
+                   r.profile + (" (protected)" if r.protected else ""), r.revision]
                   for r in rows])
 
 

@@ -75,10 +75,10 @@ def login(app: App, url: str | None, token: str | None) -> None:
         who = client.whoami()
     save(app.config_path, StoredConfig(url=url, token=token))
     if app.json:
-        output.emit_json({**who, "url": url, "config": str(app.config_path)})
+        output.emit_json({**who.model_dump(mode="json"), "url": url,
+                          "config": str(app.config_path)})
     else:
-        app.say(f"logged in to {url} as {who.get('actor')} ({who.get('role')}); "
-                f"saved to {app.config_path}")
+        app.say(f"logged in to {url} as {who.actor} ({who.role}); saved to {app.config_path}")
 
 
 @click.command()
@@ -100,5 +100,5 @@ def whoami(app: App) -> None:
     if app.json:
         output.emit_json(who)
         return
-    output.fields([("server", app.url), ("actor", who.get("actor")), ("role", who.get("role")),
-                   ("namespace", who.get("namespace") or "*"), ("auth", who.get("auth"))])
+    output.fields([("server", app.url), ("actor", who.actor), ("role", who.role),
+                   ("namespace", who.namespace or "*"), ("auth", who.auth)])

@@ -14,17 +14,15 @@ Exit codes of ``merge --wait`` and ``jobs watch`` (the usual ones, read for a jo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import click
 
 from cli import output
 from cli.app import App, json_option, pass_app
 from cli.params import Duration
-from registry.client import FINAL_STATUSES, Client, job_error
+from registry.client import ArtifactOut, Client, JobOut, job_error
+from registry.statuses import JOB_FINAL, JobStatus
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_STATUSES = [s.value for s in JobStatus]
 WAIT_EPILOG = """\b
 Exit codes when waiting:
   0  the job succeeded
@@ -57,56 +55,55 @@ def merge(app: App, ref: str, base_id: int | None, wait: bool, timeout: float) -
     """
     client = app.client()
     answer = client.merge(ref, base_id)
-    artifact, job = answer.get("artifact"), answer.get("job")
+    artifact, job = answer.artifact, answer.job
     if artifact is not None:
-        _report_merge(app, artifact["ref"], job, artifact, "is already merged")
+        _report_merge(app, artifact.ref, job, artifact, "is already merged")
         return
     assert job is not None  # the API answers with an artifact or a job
     if not wait:
-        verb = "queued" if answer.get("created") else f"joined {job['status']}"
-        _report_merge(app, job["target"], job, None,
-                      f"{verb} merge job {job['id']} (lorareg jobs watch {job['id']})")
+        verb = "queued" if answer.created else f"joined {job.status}"
+        _report_merge(app, job.target, job, None,
+                      f"{verb} merge job {job.id} (lorareg jobs watch {job.id})")
         return
-    final = _watch(app, client, int(job["id"]), timeout)
+    final = _watch(app, client, job.id, timeout)
     _raise_unless_succeeded(final)
     # The job's target names the version number, even when REF said @latest.
-    _report_merge(app, job["target"], final, client.merged(job["target"]), "merged")
+    _report_merge(app, job.target, final, client.merged(job.target), "merged")
 
 
-def _report_merge(app: App, ref: str, job: Mapping[str, Any] | None,
-                  artifact: Mapping[str, Any] | None, what: str) -> None:
+def _report_merge(app: App, ref: str, job: JobOut | None, artifact: ArtifactOut | None,
+                  what: str) -> None:
     if app.json:
         output.emit_json({
             "ref": ref,
-            "job_id": job["id"] if job else (artifact or {}).get("job_id"),
-            "status": job["status"] if job else "succeeded",
-            "artifact_id": artifact["id"] if artifact else None,
-            "merged_fingerprint": artifact["merged_fingerprint"] if artifact else None,
+            "job_id": job.id if job else (artifact.job_id if artifact else None),
+            "status": job.status if job else JobStatus.SUCCEEDED,
+            "artifact_id": artifact.id if artifact else None,
+            "merged_fingerprint": artifact.merged_fingerprint if artifact else None,
             "job": job, "artifact": artifact,
         })
         return
     if artifact is None:
         app.say(f"{ref}: {what}")
         return
-    app.say(f"{ref} {what}: artifact {artifact['id']}, merged fingerprint "
-            f"{artifact['merged_fingerprint']} ({len(artifact.get('files', []))} files, "
-            f"{output.size(artifact.get('total_size'))}, base {artifact.get('base_id')})")
+    app.say(f"{ref} {what}: artifact {artifact.id}, merged fingerprint "
+            f"{artifact.merged_fingerprint} ({len(artifact.files)} files, "
+            f"{output.size(artifact.total_size)}, base {artifact.base_id})")
 
 
-def _watch(app: App, client: Client, job_id: int, timeout: float | None) -> dict[str, Any]:
+def _watch(app: App, client: Client, job_id: int, timeout: float | None) -> JobOut:
     """Poll the job until it ends (or ``timeout``), with a progress bar on a TTY."""
     with app.percent_bar(f"job {job_id}") as bar:
 
-        def show(job: Mapping[str, Any]) -> None:
-            bar.set_description_str(f"job {job_id} {job.get('progress_message') or job['status']}"
-                                    [:60])
-            bar.n = round(100 * float(job.get("progress") or 0.0))
+        def show(job: JobOut) -> None:
+            bar.set_description_str(f"job {job_id} {job.progress_message or job.status}"[:60])
+            bar.n = round(100 * job.progress)
             bar.refresh()
 
         return client.wait_job(job_id, timeout, progress=show)
 
 
-def _raise_unless_succeeded(job: Mapping[str, Any]) -> None:
+def _raise_unless_succeeded(job: JobOut) -> None:
     err = job_error(job)
     if err is not None:
         raise err
@@ -135,9 +132,8 @@ def jobs_ls(app: App, status: str | None, kind: str | None, target: str | None,
     else:
         output.table(
             ["ID", "KIND", "STATUS", "TARGET", "PROGRESS", "ATTEMPTS", "CREATED", "ERROR"],
-            [[r["id"], r["kind"], r["status"], r.get("target"), _percent(r),
-              f"{r.get('attempts')}/{r.get('max_attempts')}", output.when(r.get("created_at")),
-              output.short(r.get("error"))] for r in rows],
+            [[r.id, r.kind, r.status, r.target, _percent(r), f"{r.attempts}/{r.max_attempts}",
+              output.when(r.created_at), output.short(r.error)] for r in rows],
         )
 
 
@@ -152,16 +148,15 @@ def jobs_show(app: App, job_id: int) -> None:
         output.emit_json(j)
         return
     output.fields([
-        ("id", j["id"]), ("kind", j["kind"]), ("status", j["status"]),
-        ("target", j.get("target")),
-        ("progress", f"{_percent(j)} {j.get('progress_message') or ''}".strip()),
-        ("attempts", f"{j.get('attempts')}/{j.get('max_attempts')}"),
-        ("worker", j.get("worker_id")),
-        ("cancel asked", "yes" if j.get("cancel_requested") else "no"),
-        ("created by", j.get("created_by")), ("created", output.when(j.get("created_at"))),
-        ("started", output.when(j.get("started_at"))),
-        ("finished", output.when(j.get("finished_at"))),
-        ("result", j.get("result")), ("error", j.get("error")),
+        ("id", j.id), ("kind", j.kind), ("status", j.status), ("target", j.target),
+        ("progress", f"{_percent(j)} {j.progress_message}".strip()),
+        ("attempts", f"{j.attempts}/{j.max_attempts}"),
+        ("worker", j.worker_id),
+        ("cancel asked", "yes" if j.cancel_requested else "no"),
+        ("created by", j.created_by), ("created", output.when(j.created_at)),
+        ("started", output.when(j.started_at)),
+        ("finished", output.when(j.finished_at)),
+        ("result", j.result), ("error", j.error),
     ])
 
 
@@ -177,10 +172,10 @@ def jobs_cancel(app: App, job_id: int) -> None:
     j = app.client().cancel_job(job_id)
     if app.json:
         output.emit_json(j)
-    elif j["status"] == "cancelled":
+    elif j.status == JobStatus.CANCELLED:
         app.say(f"cancelled job {job_id}")
     else:
-        app.say(f"asked job {job_id} to stop (it is {j['status']}; "
+        app.say(f"asked job {job_id} to stop (it is {j.status}; "
                 f"`lorareg jobs watch {job_id}` to see it end)")
 
 
@@ -196,12 +191,12 @@ def jobs_watch(app: App, job_id: int, timeout: float | None) -> None:
     if app.json:
         output.emit_json(final)
     else:
-        result = final.get("result") or {}
-        app.say(f"job {job_id} {final['status']}: "
+        result = final.result or {}
+        app.say(f"job {job_id} {final.status}: "
                 + (", ".join(f"{k}={v}" for k, v in result.items()) or "no result"))
 
 
-def _percent(job: Mapping[str, Any]) -> str:
-    if job["status"] in FINAL_STATUSES and job["status"] != "succeeded":
+def _percent(job: JobOut) -> str:
+    if job.status in JOB_FINAL and job.status != JobStatus.SUCCEEDED:
         return "-"
-    return f"{float(job.get('progress') or 0.0):.0%}"
+    return f"{job.progress:.0%}"

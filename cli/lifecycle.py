@@ -19,7 +19,7 @@ def yank(app: App, ref: str, reason: str) -> None:
     if app.json:
         output.emit_json(result)
     else:
-        app.say(f"yanked {result.get('ref', ref)}")
+        app.say(f"yanked {result.ref}")
 
 
 @click.command()
@@ -33,4 +33,4 @@ def unyank(app: App, ref: str, reason: str) -> None:
     if app.json:
         output.emit_json(result)
     else:
-        app.say(f"unyanked {result.get('ref', ref)}")
+        app.say(f"unyanked {result.ref}")

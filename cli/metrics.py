@@ -47,6 +47,6 @@ def show(app: App, ref: str) -> None:
         return
     output.table(
         ["KEY", "VALUE", "DATASET", "SPLIT", "RECORDED", "BY"],
-        [[m["key"], m["value"], m.get("dataset"), m.get("split"),
-          output.when(m.get("recorded_at")), m.get("recorded_by")] for m in items],
+        [[m.key, m.value, m.dataset, m.split, output.when(m.recorded_at), m.recorded_by]
+         for m in items],
     )

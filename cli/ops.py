@@ -34,8 +34,8 @@ def add(app: App, namespace: str, url: str, events: tuple[str, ...], secret: str
     if app.json:
         output.emit_json(hook)
         return
-    app.say(f"webhook {hook['id']} -> {hook['url']} ({', '.join(hook['events'])})")
-    app.say(f"secret: {hook['secret']}  (shown once: verify webhook-signature with it)")
+    app.say(f"webhook {hook.id} -> {hook.url} ({', '.join(hook.events)})")
+    app.say(f"secret: {hook.secret}  (shown once: verify webhook-signature with it)")
 
 
 @webhook.command("ls")
@@ -49,7 +49,7 @@ def ls(app: App, namespace: str) -> None:
         output.emit_json(hooks)
         return
     output.table(["ID", "URL", "EVENTS", "ACTIVE"], [
-        [h["id"], h["url"], ",".join(h["events"]), h["active"]] for h in hooks])
+        [h.id, h.url, ",".join(h.events), h.active] for h in hooks])
 
 
 @webhook.command("rm")
@@ -71,7 +71,7 @@ def test(app: App, webhook_id: int) -> None:
     if app.json:
         output.emit_json(result)
     else:
-        app.say(f"ping queued (event {result['event_id']})")
+        app.say(f"ping queued (event {result.event_id})")
 
 
 @webhook.command("deliveries")
@@ -85,8 +85,8 @@ def deliveries(app: App, webhook_id: int) -> None:
         output.emit_json(rows)
         return
     output.table(["ID", "EVENT", "STATUS", "ATTEMPTS", "LAST", "ERROR"], [
-        [d["id"], d["event_id"], d["status"], d["attempts"], d["last_status_code"],
-         output.short(d["last_error"])] for d in rows])
+        [d.id, d.event_id, d.status, d.attempts, d.last_status_code, output.short(d.last_error)]
+        for d in rows])
 
 
 @webhook.command("redeliver")
@@ -111,9 +111,9 @@ def gc(app: App, grace: float, dry_run: bool) -> None:
         output.emit_json(report)
         return
     verb = "would delete" if dry_run else "deleted"
-    app.say(f"{verb} {len(report['deleted'])} blob(s) and {report['orphans_deleted']} "
-            f"orphan object(s), {output.size(report['bytes_reclaimed'])}; kept "
-            f"{report['kept_referenced']} referenced, {report['kept_recent']} recent")
+    app.say(f"{verb} {len(report.deleted)} blob(s) and {report.orphans_deleted} "
+            f"orphan object(s), {output.size(report.bytes_reclaimed)}; kept "
+            f"{report.kept_referenced} referenced, {report.kept_recent} recent")
 
 
 @click.group()
@@ -144,4 +144,4 @@ def apply(app: App, dry_run: bool) -> None:
         output.emit_json(report)
         return
     verb = "would yank" if dry_run else "yanked"
-    app.say(f"{verb} {len(report['yanked'])} version(s): {', '.join(report['yanked']) or '-'}")
+    app.say(f"{verb} {len(report.yanked)} version(s): {', '.join(report.yanked) or '-'}")

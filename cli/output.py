@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import click
+from pydantic import BaseModel
 
 from registry.units import human_size
 
 
 def emit_json(data: Any) -> None:
-    """Pretty JSON on stdout."""
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Pretty JSON on stdout; models (alone, in lists or in dicts) as the API sends them."""
+    click.echo(json.dumps(data, indent=2, default=_jsonable))
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return str(value)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -46,11 +54,14 @@ def _cell(value: Any) -> str:
 size = human_size  # ``1536`` -> ``1.5 KiB``
 
 
-def when(iso: str | None) -> str:
-    """``2024-05-01T12:34:56.789+00:00`` -> ``2024-05-01 12:34``."""
-    if not iso:
+def when(moment: datetime | str | None) -> str:
+    """A time (or its ISO text, e.g. ``2024-05-01T12:34:56.789+00:00``) -> ``2024-05-01 12:34``
+    (as the API sent it: UTC)."""
+    if not moment:
         return "-"
-    return iso.replace("T", " ")[:16]
+    if isinstance(moment, datetime):
+        return moment.strftime("%Y-%m-%d %H:%M")
+    return moment.replace("T", " ")[:16]
 
 
 def short(text: str | None, width: int = 40) -> str:

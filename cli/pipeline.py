@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import click
 
@@ -12,9 +11,10 @@ from cli import output
 from cli.app import App, json_option, pass_app
 from cli.params import Duration
 from registry import errors
-from registry.client import Client, job_error
+from registry.client import Client, JobOut, RolloutOut, job_error
 from registry.refs import parse_ref
 from registry.services.gates import Gate, evaluate, parse_gate
+from registry.statuses import GateVerdict, RolloutStatus
 
 GATE_FAILED = errors.GateFailed.exit_code  # 7: registry.errors.EXIT_CODES
 
@@ -32,12 +32,12 @@ def _baseline(client: Client, gate: Gate, adapter: str) -> tuple[float | None, s
     """The metric of the stable version of ``stable(channel)`` (default: prod)."""
     channel = gate.channel or "prod"
     try:
-        stable = client.channel(f"{adapter}:{channel}").get("stable")
+        stable = client.channel(f"{adapter}:{channel}").stable
     except errors.NotFound:
         return None, f"no channel {adapter}:{channel}"
     if stable is None:
         return None, f"{adapter}:{channel} has no stable version"
-    metrics = client.version(f"{adapter}@{stable}")["metrics"]
+    metrics = client.version(f"{adapter}@{stable}").metrics
     return metrics.get(gate.key), f"stable({channel}) = @{stable}"
 
 
@@ -50,7 +50,7 @@ def check(client: Client, ref: str, texts: list[str]) -> list[Requirement]:
         if gate.source != "eval":
             raise errors.BadRequest(f"{text!r}: gate checks eval.* metrics; live.* metrics "
                                     "are gated by rollouts (lorareg promote --gate)")
-        value = version["metrics"].get(gate.key)
+        value = version.metrics.get(gate.key)
         baseline, where = _baseline(client, gate, adapter) if gate.relative else (None, "")
         verdict = evaluate(gate, value, baseline)
         detail = f"{verdict.detail}{f' ({where})' if where else ''}"
@@ -70,7 +70,7 @@ def gate(app: App, ref: str, requirements: tuple[str, ...]) -> None:
 
     A requirement whose metric is missing counts as not met (inconclusive)."""
     rows = check(app.client(), ref, list(requirements))
-    ok = all(r.verdict == "pass" for r in rows)
+    ok = all(r.verdict == GateVerdict.PASS for r in rows)
     if app.json:
         output.emit_json({"ref": ref, "passed": ok, "requirements": [asdict(r) for r in rows]})
     else:
@@ -98,21 +98,21 @@ def wait(app: App, target: str, timeout: float) -> None:
     kind, _, ident = target.rpartition(":")
     if kind not in ("", "job", "rollout") or not ident.isdigit():
         raise click.BadParameter("expected job:ID, rollout:ID or ID", param_hint="TARGET")
-    seconds = timeout
+    final: RolloutOut | JobOut
     if kind == "rollout":
-        final = _wait_rollout(app, int(ident), seconds)
+        final = _wait_rollout(app, int(ident), timeout)
     else:
-        final = _wait_job(app, int(ident), seconds)
+        final = _wait_job(app, int(ident), timeout)
     if app.json:
         output.emit_json(final)
 
 
-def _wait_job(app: App, job_id: int, seconds: float) -> dict[str, Any]:
+def _wait_job(app: App, job_id: int, seconds: float) -> JobOut:
     bar = app.percent_bar(f"job {job_id}")
 
-    def show(job: dict[str, Any]) -> None:
-        bar.n = round(100 * float(job.get("progress") or 0.0))
-        bar.set_postfix_str(str(job.get("progress_message") or "")[:40], refresh=True)
+    def show(job: JobOut) -> None:
+        bar.n = round(100 * job.progress)
+        bar.set_postfix_str(job.progress_message[:40], refresh=True)
 
     with bar:
         job = app.client().wait_job(job_id, timeout=seconds, progress=show)
@@ -123,19 +123,19 @@ def _wait_job(app: App, job_id: int, seconds: float) -> dict[str, Any]:
     return job
 
 
-def _wait_rollout(app: App, rollout_id: int, seconds: float) -> dict[str, Any]:
+def _wait_rollout(app: App, rollout_id: int, seconds: float) -> RolloutOut:
     bar = app.percent_bar(f"rollout {rollout_id}")
 
-    def show(rollout: dict[str, Any]) -> None:
-        bar.n = int(rollout.get("weight_bp", 0)) // 100
-        bar.set_postfix_str(str(rollout.get("status")), refresh=True)
+    def show(rollout: RolloutOut) -> None:
+        bar.n = rollout.weight_bp // 100
+        bar.set_postfix_str(str(rollout.status), refresh=True)
 
     with bar:
         rollout = app.client().wait_rollout(rollout_id, timeout=seconds, progress=show)
-    status = rollout["status"]
-    if status == "aborted":
-        raise errors.Conflict(f"rollout {rollout_id} was aborted: {rollout.get('reason')}")
-    if status != "promoted":
+    status = rollout.status
+    if status == RolloutStatus.ABORTED:
+        raise errors.Conflict(f"rollout {rollout_id} was aborted: {rollout.reason}")
+    if status != RolloutStatus.PROMOTED:
         raise errors.RegistryError(f"rollout {rollout_id} is still {status}; stopped waiting")
     app.note(f"rollout {rollout_id} promoted")
     return rollout

@@ -18,6 +18,7 @@ from cli import output
 from cli.app import App, json_option, pass_app
 from cli.channel_params import echo_problems, seconds
 from cli.params import Duration
+from registry.client import PoolDetailOut
 from registry.vllm_architectures import DEFAULT_MAX_LORA_RANK, MAX_LORA_RANKS
 
 SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
@@ -54,12 +55,12 @@ def _targets(_ctx: click.Context, _param: click.Parameter, value: str | None
     return names
 
 
-def _summary(app: App, pool: dict[str, Any], did: str) -> None:
+def _summary(app: App, pool: PoolDetailOut, did: str) -> None:
     if app.json:
         output.emit_json(pool)
     else:
-        app.say(f"{did} pool {pool['name']}: channels {', '.join(pool['channels']) or '-'}; "
-                f"pinned {', '.join(pool['pinned']) or '-'}")
+        app.say(f"{did} pool {pool.name}: channels {', '.join(pool.channels) or '-'}; "
+                f"pinned {', '.join(pool.pinned) or '-'}")
 
 
 @click.group()
@@ -156,8 +157,8 @@ def ls(app: App, namespace: str | None) -> None:
         output.emit_json(rows)
         return
     output.table(["POOL", "ENGINE", "BASE", "MODEL", "RANK", "LORAS", "DTYPE"],
-                 [[r["name"], r["engine"], r["base"], r["model_id"], r["max_lora_rank"],
-                   f"{r['max_loras']}/{r['max_cpu_loras']}", r["dtype"]] for r in rows])
+                 [[r.name, r.engine, r.base, r.model_id, r.max_lora_rank,
+                   f"{r.max_loras}/{r.max_cpu_loras}", r.dtype] for r in rows])
 
 
 @pool.command("show")
@@ -171,18 +172,17 @@ def show(app: App, name: str) -> None:
         output.emit_json(r)
         return
     output.fields([
-        ("pool", r["name"]), ("engine", r["engine"]),
-        ("base", f"{r['base']} ({r['base_fingerprint'][:12]})"), ("model id", r["model_id"]),
-        ("served model name", r["served_model_name"]), ("architecture", r["architecture"]),
-        ("max lora rank", r["max_lora_rank"]),
-        ("max loras", f"{r['max_loras']} in a batch, {r['max_cpu_loras']} in memory"),
-        ("dtype", r["dtype"]),
-        ("target modules", ", ".join(r["target_modules"]) if r["target_modules"] else None),
-        ("adapter memory", output.size(r["max_adapter_memory"])
-         if r["max_adapter_memory"] else None),
-        ("drain", seconds(r["drain_seconds"])),
-        ("channels", ", ".join(r["channels"]) or None),
-        ("pinned", ", ".join(r["pinned"]) or None),
+        ("pool", r.name), ("engine", r.engine),
+        ("base", f"{r.base} ({r.base_fingerprint[:12]})"), ("model id", r.model_id),
+        ("served model name", r.served_model_name), ("architecture", r.architecture),
+        ("max lora rank", r.max_lora_rank),
+        ("max loras", f"{r.max_loras} in a batch, {r.max_cpu_loras} in memory"),
+        ("dtype", r.dtype),
+        ("target modules", ", ".join(r.target_modules) if r.target_modules else None),
+        ("adapter memory", output.size(r.max_adapter_memory) if r.max_adapter_memory else None),
+        ("drain", seconds(r.drain_seconds)),
+        ("channels", ", ".join(r.channels) or None),
+        ("pinned", ", ".join(r.pinned) or None),
     ])
 
 
@@ -239,21 +239,20 @@ def desired(app: App, name: str, with_left: bool) -> None:
         output.emit_json(r)
         return
     output.table(["VERSION", "SERVED NAME", "SOURCES", "SINCE", "OK"],
-                 [[m["ref"], m["served_name"], "; ".join(m["sources"]),
-                   output.when(m["added_at"]), "yes" if m["ok"] else "NO"]
-                  for m in r["members"]])
-    for m in r["members"]:
-        if m["problems"]:
-            click.echo(f"{m['ref']}:")
-            echo_problems(m["problems"])
-    if r["set_problems"]:
+                 [[m.ref, m.served_name, "; ".join(m.sources), output.when(m.added_at),
+                   "yes" if m.ok else "NO"] for m in r.members])
+    for m in r.members:
+        if m.problems:
+            click.echo(f"{m.ref}:")
+            echo_problems(m.problems)
+    if r.set_problems:
         click.echo("the set as a whole:")
-        echo_problems(r["set_problems"])
+        echo_problems(r.set_problems)
     if with_left:
         click.echo("left:")
         output.table(["VERSION", "SERVED NAME", "FROM", "UNTIL"],
-                     [[m["ref"], m["served_name"], output.when(m["added_at"]),
-                       output.when(m["removed_at"])] for m in r["left"]])
+                     [[m.ref, m.served_name, output.when(m.added_at), output.when(m.removed_at)]
+                      for m in r.left])
 
 
 COMMANDS = (pool,)

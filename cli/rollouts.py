@@ -12,9 +12,10 @@ from cli import output
 from cli.app import App, json_option, pass_app
 from cli.channel_params import DURATION, seconds, version_of, weight
 from cli.params import metric_values
-from registry.client import explicit_version
+from registry.client import RolloutOut, explicit_version
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.refs import parse_ref
+from registry.statuses import RolloutStatus
 
 ROLLOUT_ARG = "ID|NS/NAME:CHANNEL"
 
@@ -28,11 +29,11 @@ def rollout_id(app: App, target: str) -> int:
         raise click.BadParameter(f"{target!r} is neither a rollout id nor ns/name:channel",
                                  param_hint="ROLLOUT")
     chan = app.client().channel(target)
-    if chan["rollout_id"] is not None:
-        return int(chan["rollout_id"])
+    if chan.rollout_id is not None:
+        return chan.rollout_id
     for event in app.client().history(target):
-        if event["rollout_id"] is not None:
-            return int(event["rollout_id"])
+        if event.rollout_id is not None:
+            return event.rollout_id
     raise NotFound(f"channel {target} has had no rollout")
 
 
@@ -50,59 +51,61 @@ def status(app: App, target: str) -> None:
     gate evaluation."""
     client = app.client()
     data = client.rollout(rollout_id(app, target))
-    evaluations = client.rollout_evaluations(data["id"])
+    evaluations = client.rollout_evaluations(data.id)
     if app.json:
-        output.emit_json({**data, "evaluations": evaluations})
+        output.emit_json({**data.model_dump(mode="json"), "evaluations": evaluations})
         return
     output.fields(_summary(data))
     click.echo("")
     output.table(["STEP", "WEIGHT", "STATE"],
-                 [[f"{i + 1}/{len(data['steps'])}", f"{pct}%", _step_state(data, i)]
-                  for i, pct in enumerate(data["steps"])])
+                 [[f"{i + 1}/{len(data.steps)}", f"{pct}%", _step_state(data, i)]
+                  for i, pct in enumerate(data.steps)])
     if evaluations:
         click.echo("")
         output.table(
             ["TIME", "STEP", "GATE", "VALUE", "THRESHOLD", "VERDICT", "DETAIL"],
-            [[output.when(e["evaluated_at"]), e["step_index"] + 1, e["gate"], e["value"],
-              e["threshold"], e["verdict"], output.short(e["detail"], 60)]
-             for e in evaluations])
+            [[output.when(e.evaluated_at), e.step_index + 1, e.gate, e.value, e.threshold,
+              e.verdict, output.short(e.detail, 60)] for e in evaluations])
 
 
-def _summary(data: dict[str, Any]) -> list[tuple[str, Any]]:
-    state = data["status"] + (f" (by {data['paused_by']})" if data["paused_by"] else "")
+def _summary(data: RolloutOut) -> list[tuple[str, Any]]:
     return [
-        ("rollout", data["id"]),
-        ("channel", data["channel"]),
-        ("version", version_of(data["version"])),
-        ("status", state),
+        ("rollout", data.id),
+        ("channel", data.channel),
+        ("version", version_of(data.version)),
+        ("status", f"{data.status}{_paused(data)}"),
         ("step", _step_text(data)),
-        ("weight", weight(data["weight_bp"])),
-        ("interval", seconds(data["interval_seconds"])),
-        ("gates", "; ".join(data["gates"]) or None),
-        ("failures", f"{data['failures']} (max {data['max_failures']})"),
-        ("next check", output.when(data["next_eval_at"])),
-        ("deadline", output.when(data["deadline_at"])),
-        ("started", f"{output.when(data['created_at'])} by {data['created_by']}"),
-        ("finished", output.when(data["finished_at"])),
-        ("reason", data["reason"] or None),
+        ("weight", weight(data.weight_bp)),
+        ("interval", seconds(data.interval_seconds)),
+        ("gates", "; ".join(data.gates) or None),
+        ("failures", f"{data.failures} (max {data.max_failures})"),
+        ("next check", output.when(data.next_eval_at)),
+        ("deadline", output.when(data.deadline_at)),
+        ("started", f"{output.when(data.created_at)} by {data.created_by}"),
+        ("finished", output.when(data.finished_at)),
+        ("reason", data.reason or None),
     ]
 
 
-def _step_text(data: dict[str, Any]) -> str:
-    index = int(data["step_index"])
+def _step_text(data: RolloutOut) -> str:
+    index = data.step_index
     if index < 0:
         return "not started"
-    return f"{index + 1}/{len(data['steps'])} ({data['steps'][index]}%)"
+    return f"{index + 1}/{len(data.steps)} ({data.steps[index]}%)"
 
 
-def _step_state(data: dict[str, Any], index: int) -> str:
-    current, state = int(data["step_index"]), str(data["status"])
-    if state == "promoted" or index < current:
+# What the step a rollout stands on is doing, by its status.
+STEP_STATES = {RolloutStatus.PROGRESSING: "baking", RolloutStatus.PAUSED: "paused",
+               RolloutStatus.ABORTED: "aborted here"}
+
+
+def _step_state(data: RolloutOut, index: int) -> str:
+    current, state = data.step_index, data.status
+    if state == RolloutStatus.PROMOTED or index < current:
         return "passed"
     if index > current:
         return "-"
-    return {"progressing": "baking", "paused": "paused", "aborted": "aborted here"}.get(
-        state, state)
+    return STEP_STATES.get(state, str(state))
 
 
 def _control(app: App, target: str, action: str, reason: str) -> None:
@@ -114,8 +117,8 @@ def _control(app: App, target: str, action: str, reason: str) -> None:
     if app.json:
         output.emit_json(data)
         return
-    app.say(f"rollout {data['id']} ({data['channel']} {version_of(data['version'])}): "
-            f"{data['status']} at {weight(data['weight_bp'])}")
+    app.say(f"rollout {data.id} ({data.channel} {version_of(data.version)}): "
+            f"{data.status} at {weight(data.weight_bp)}")
 
 
 @rollout.command()
@@ -164,33 +167,32 @@ def watch(app: App, target: str, timeout: int | None) -> None:
     shown: list[tuple[Any, ...]] = []
     live = not (app.quiet or app.json) and sys.stderr.isatty()
 
-    def on_poll(data: dict[str, Any]) -> None:
-        state = (data["status"], data["paused_by"], data["step_index"], data["failures"])
+    def on_poll(data: RolloutOut) -> None:
+        state = (data.status, data.paused_by, data.step_index, data.failures)
         if live and (not shown or shown[-1] != state):
-            click.echo(f"  {data['status']}{_paused(data)}: step {_step_text(data)}, "
-                       f"weight {weight(data['weight_bp'])}, failures {data['failures']}",
-                       err=True)
+            click.echo(f"  {data.status}{_paused(data)}: step {_step_text(data)}, "
+                       f"weight {weight(data.weight_bp)}, failures {data.failures}", err=True)
         shown.append(state)
 
     data = app.client().wait_rollout(number, timeout=timeout, progress=on_poll)
     if app.json:
         output.emit_json(data)
-    if data["status"] == "promoted":
+    if data.status == RolloutStatus.PROMOTED:
         if not app.json:
-            app.say(f"rollout {number} promoted: {data['channel']} serves "
-                    f"{version_of(data['version'])}")
+            app.say(f"rollout {number} promoted: {data.channel} serves "
+                    f"{version_of(data.version)}")
         return
-    if data["status"] == "aborted":
-        raise _quiet_json(app, Conflict(f"rollout {number} on {data['channel']} was aborted: "
-                                        f"{data['reason']}", rollout_id=number,
-                                        status="aborted"))
+    if data.status == RolloutStatus.ABORTED:
+        raise _quiet_json(app, Conflict(f"rollout {number} on {data.channel} was aborted: "
+                                        f"{data.reason}", rollout_id=number,
+                                        status=data.status.value))
     raise _quiet_json(app, RegistryError(
-        f"rollout {number} is still {data['status']} at {weight(data['weight_bp'])} after "
-        f"{seconds(timeout)}; stopped waiting", rollout_id=number, status=data["status"]))
+        f"rollout {number} is still {data.status} at {weight(data.weight_bp)} after "
+        f"{seconds(timeout)}; stopped waiting", rollout_id=number, status=data.status.value))
 
 
-def _paused(data: dict[str, Any]) -> str:
-    return f" (by {data['paused_by']})" if data["paused_by"] else ""
+def _paused(data: RolloutOut) -> str:
+    return f" (by {data.paused_by})" if data.paused_by else ""
 
 
 def _quiet_json(app: App, err: RegistryError) -> RegistryError:

@@ -8,16 +8,28 @@ before any server runs.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import click
+from pydantic import BaseModel
 
 from cli import output
 from cli.app import App, json_option, pass_app
+from registry.client import TokenOut
 from registry.errors import RegistryError
 from registry.roles import ROLES as ROLE_TABLE
 
 ROLES = list(ROLE_TABLE)
+
+
+class CreatedToken(BaseModel):
+    """A token written straight into the database (``--db``): no server answer to show."""
+
+    id: str
+    token: str
+    name: str
+    role: str
+    namespace: str | None
+    expires_at: str | None
 
 
 @click.group()
@@ -39,6 +51,7 @@ def create(app: App, name: str, role: str | None, admin: bool, namespace: str | 
            expires_in_days: int | None, direct: bool) -> None:
     """Create a token. The secret is printed once, alone on stdout, and never again."""
     role = _role(role, admin)
+    created: CreatedToken | TokenOut
     if direct:
         created = create_in_database(name, role, namespace, expires_in_days)
     else:
@@ -46,9 +59,9 @@ def create(app: App, name: str, role: str | None, admin: bool, namespace: str | 
     if app.json:
         output.emit_json(created)
         return
-    click.echo(created["token"])
-    app.note(f"token {created['id']} ({created['role']}, namespace "
-             f"{created.get('namespace') or '*'}) created; store it now, it is not shown again")
+    click.echo(created.token)
+    app.note(f"token {created.id} ({created.role}, namespace "
+             f"{created.namespace or '*'}) created; store it now, it is not shown again")
 
 
 def _role(role: str | None, admin: bool) -> str:
@@ -63,7 +76,7 @@ def _role(role: str | None, admin: bool) -> str:
 
 def create_in_database(
     name: str, role: str, namespace: str | None, expires_in_days: int | None,
-) -> dict[str, Any]:
+) -> CreatedToken:
     """Create a token through the service layer, in one transaction of its own."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
@@ -81,9 +94,10 @@ def create_in_database(
         with transaction(make_session_factory(engine)) as session:
             row, plaintext = create_token(session, Actor("cli:db"), name=name, role=role,
                                           namespace=namespace, expires_at=expires_at)
-            return {"id": row.id, "token": plaintext, "name": row.name, "role": row.role,
-                    "namespace": row.namespace,
-                    "expires_at": row.expires_at.isoformat() if row.expires_at else None}
+            return CreatedToken(
+                id=row.id, token=plaintext, name=row.name, role=row.role,
+                namespace=row.namespace,
+                expires_at=row.expires_at.isoformat() if row.expires_at else None)
     except SQLAlchemyError as exc:
         shown = make_url(url).render_as_string(hide_password=True)
         raise RegistryError(
@@ -105,9 +119,8 @@ def list_(app: App) -> None:
         return
     output.table(
         ["ID", "NAME", "ROLE", "NAMESPACE", "EXPIRES", "LAST USED", "REVOKED"],
-        [[r.get("id"), r.get("name"), r.get("role"), r.get("namespace") or "*",
-          output.when(r.get("expires_at")), output.when(r.get("last_used_at")),
-          output.when(r.get("revoked_at"))] for r in rows],
+        [[r.id, r.name, r.role, r.namespace or "*", output.when(r.expires_at),
+          output.when(r.last_used_at), output.when(r.revoked_at)] for r in rows],
     )
 
 

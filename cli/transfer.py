@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from cli import output
 from cli.app import App, json_option, pass_app
 from cli.params import labels_callback, load_metrics_file, metric_values
-
-# What a pipeline needs after push/pull; the full version is printed with --json anyway.
-PUSH_SUMMARY = ("ref", "version", "manifest_digest", "created", "uploaded_bytes")
+from registry.client import PulledArtifact, PushResult
+from registry.statuses import VersionStatus
 
 
 @click.command()
@@ -65,16 +63,16 @@ def push(
     _report_push(app, result)
 
 
-def _report_push(app: App, result: dict[str, Any]) -> None:
+def _report_push(app: App, result: PushResult) -> None:
     if app.json:
         output.emit_json(result)
         return
-    uploaded = output.size(result.get("uploaded_bytes", 0))
-    if result.get("created"):
-        app.say(f"pushed {result['ref']} ({len(result.get('files', []))} files, "
-                f"{uploaded} uploaded, base {result['base'].get('compat_status')})")
+    uploaded = output.size(result.uploaded_bytes)
+    if result.created:
+        app.say(f"pushed {result.ref} ({len(result.files)} files, "
+                f"{uploaded} uploaded, base {result.base.compat_status})")
     else:
-        app.say(f"{result['ref']} already holds this content; nothing new was created "
+        app.say(f"{result.ref} already holds this content; nothing new was created "
                 f"({uploaded} uploaded)")
 
 
@@ -97,12 +95,15 @@ def pull(app: App, ref: str, dest: Path, force: bool, merged: bool) -> None:
     """
     with app.progress_bar("download") as bar:
         result = app.client().pull(ref, dest, progress=bar, overwrite=force, merged=merged)
-    if result.get("status") == "yanked":
-        click.echo(f"warning: {result['ref']} is yanked: {result.get('yank_reason')}", err=True)
+    if isinstance(result, PulledArtifact):
+        what = f"{result.ref} merged (artifact {result.id})"
+    else:
+        what = result.ref
+        if result.status == VersionStatus.YANKED:
+            click.echo(f"warning: {result.ref} is yanked: {result.yank_reason}", err=True)
     if app.json:
         output.emit_json(result)
         return
-    what = f"{result['ref']} merged (artifact {result['id']})" if merged else result["ref"]
-    app.say(f"pulled {what} into {result['path']} ({len(result['files'])} files, "
-            f"{output.size(result.get('total_size'))}; "
-            f"{output.size(result['downloaded_bytes'])} downloaded)")
+    app.say(f"pulled {what} into {result.path} ({len(result.files)} files, "
+            f"{output.size(result.total_size)}; "
+            f"{output.size(result.downloaded_bytes)} downloaded)")

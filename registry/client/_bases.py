@@ -1,5 +1,5 @@
-"""Client methods for base models: register (from a folder or the Hugging Face cache), list,
-show, and check local base weights against a version's recorded base fingerprint.
+"""Base models: register (from a folder or the Hugging Face cache), list, show, and check
+local base weights against a version's recorded base fingerprint.
 
 Fingerprinting (:mod:`registry.fingerprint`) is local work: the weights never leave the machine
 unless ``upload`` is asked for. The per-file fingerprint cache (``FingerprintCache``, at the
@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from registry import errors
 from registry.client import _hf_cache as hf_cache
-from registry.client._core import Core, query
+from registry.client._blobs import upload_missing
+from registry.client._http import Http, parse, query
+from registry.client._results import Compatibility, RegisteredBase, RegisteredSnapshot
 from registry.client._transfer import LocalFile, Progress, Reporter, iter_folder, sha256_file
+from registry.client._versions import version
 from registry.fingerprint import (
     Fingerprint,
     FingerprintCache,
@@ -31,112 +33,77 @@ from registry.fingerprint import (
     fingerprint_dir,
 )
 from registry.refs import check_base
+from registry.statuses import CompatStatus
+from registry.wire import BaseOut, BaseRefOut, ManifestOut, VersionOut
 
 
-class BasesMixin:
-    """Base-model methods of :class:`registry.client.Client`."""
+def register_base(
+    http: Http, path: Path, hub_id: str, revision: str, *, upload: bool, no_cache: bool,
+    cache_path: Path | None, progress: Progress | None,
+    known_digests: Mapping[str, str] | None = None,
+) -> RegisteredBase:
+    check_base(hub_id, revision)
+    report = Reporter(progress)
+    fingerprint = _fingerprint(path, cache_path, no_cache, report)
+    files: list[LocalFile] = []
+    uploaded: list[LocalFile] = []
+    if upload:
+        files = _local_files(path, report, known_digests or {})
+        uploaded = upload_missing(http, files, report)
+    body = {
+        "hub_id": hub_id, "revision": revision, "fingerprint": fingerprint.digest,
+        "tensors": [[t.name, t.dtype, list(t.shape), t.sha256] for t in fingerprint.tensors],
+        "files": [f.entry() for f in files],
+    }
+    # Idempotent: the same weights for the same hub id and revision return the same base.
+    response = http.send("POST", "/api/v1/bases", json=body, idempotent=True)
+    base = parse(BaseOut, response.json(), response)
+    return RegisteredBase(**base.model_dump(), created=response.status_code == 201,
+                          uploaded_bytes=sum(f.size for f in uploaded))
 
-    def register_base(
-        self: Core, path: str | Path, hub_id: str, revision: str, *, upload: bool = False,
-        no_cache: bool = False, progress: Progress | None = None,
-        known_digests: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Fingerprint the base weights in the folder ``path`` and register them as
-        ``hub_id@revision``; registering the same weights again returns the same base.
 
-        With ``upload``, every file of the folder (weights, config, tokenizer) is also stored
-        as a blob (only those the server lacks are sent), so workers can merge without a
-        local copy. ``known_digests`` (``{relative path: sha256}``) skips re-hashing files
-        already verified. The result is the base plus ``created`` and ``uploaded_bytes``.
-        """
-        check_base(hub_id, revision)
-        folder = Path(path)
-        report = Reporter(progress)
-        fingerprint = _fingerprint(folder, self.fingerprint_cache_path, no_cache, report)
-        files: list[LocalFile] = []
-        uploaded: list[LocalFile] = []
-        if upload:
-            files = _local_files(folder, report, known_digests or {})
-            uploaded = self._upload_missing(files, report)
-        body = {
-            "hub_id": hub_id, "revision": revision, "fingerprint": fingerprint.digest,
-            "tensors": [[t.name, t.dtype, list(t.shape), t.sha256] for t in fingerprint.tensors],
-            "files": [f.entry() for f in files],
-        }
-        # Idempotent: the same weights for the same hub id and revision return the same base.
-        response = self._send("POST", "/api/v1/bases", json=body, idempotent=True)
-        base: dict[str, Any] = response.json()
-        return {**base, "created": response.status_code == 201,
-                "uploaded_bytes": sum(f.size for f in uploaded)}
+def register_hf_cache(http: Http, spec: str, *, upload: bool, no_cache: bool,
+                      cache_path: Path | None, progress: Progress | None) -> RegisteredSnapshot:
+    repo_id, revision = hf_cache.parse_spec(spec)
+    check_base(repo_id, revision)
+    snapshot = hf_cache.resolve(repo_id, revision)
+    report = Reporter(progress)
+    report.start(sum(b.stat().st_size for b in hf_cache.lfs_blobs(snapshot).values()),
+                 "verify")
+    digests = hf_cache.verify_blobs(snapshot, report)
+    result = register_base(http, snapshot.path, repo_id, snapshot.commit, upload=upload,
+                           no_cache=no_cache, cache_path=cache_path, progress=progress,
+                           known_digests=digests)
+    return RegisteredSnapshot(**result.model_dump(), snapshot=str(snapshot.path))
 
-    def register_hf_cache(
-        self: Core, spec: str, *, upload: bool = False, no_cache: bool = False,
-        progress: Progress | None = None,
-    ) -> dict[str, Any]:
-        """Register the Hugging Face cache snapshot ``org/name@rev`` (offline, see
-        :mod:`registry.client._hf_cache`) under the commit hash the revision resolves to.
 
-        Every cached LFS blob is re-hashed first; a damaged one raises DigestMismatch naming
-        the file. The result is as for :meth:`register_base`, plus ``snapshot`` (the folder).
-        """
-        repo_id, revision = hf_cache.parse_spec(spec)
-        check_base(repo_id, revision)
-        snapshot = hf_cache.resolve(repo_id, revision)
-        report = Reporter(progress)
-        report.start(sum(b.stat().st_size for b in hf_cache.lfs_blobs(snapshot).values()),
-                     "verify")
-        digests = hf_cache.verify_blobs(snapshot, report)
-        result = BasesMixin.register_base(
-            self, snapshot.path, repo_id, snapshot.commit, upload=upload, no_cache=no_cache,
-            progress=progress, known_digests=digests,
-        )
-        return {**result, "snapshot": str(snapshot.path)}
+def bases(http: Http, hub_id: str | None, revision: str | None, limit: int | None
+          ) -> list[BaseOut]:
+    params = query(hub_id=hub_id, revision=revision)
+    return list(http.paginate("/api/v1/bases", BaseOut, params, limit))
 
-    def bases(
-        self: Core, hub_id: str | None = None, revision: str | None = None,
-        limit: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Registered base models, optionally of one hub id (and revision)."""
-        return list(self._paginate("/api/v1/bases", query(hub_id=hub_id, revision=revision),
-                                   limit))
 
-    def base(self: Core, base_id: int | str) -> dict[str, Any]:
-        """One base model by id."""
-        result: dict[str, Any] = self._get(f"/api/v1/bases/{quote(str(base_id), safe='')}")
-        return result
+def base(http: Http, base_id: int | str) -> BaseOut:
+    return http.get(f"/api/v1/bases/{quote(str(base_id), safe='')}", BaseOut)
 
-    def base_manifest(self: Core, base_id: int | str) -> dict[str, Any]:
-        """``{fingerprint, tensors: [[name, dtype, shape, sha256], ...]}`` of a base."""
-        result: dict[str, Any] = self._get(
-            f"/api/v1/bases/{quote(str(base_id), safe='')}/manifest")
-        return result
 
-    def ensure_compatible(
-        self: Core, ref: str, base_path: str | Path, *, no_cache: bool = False,
-        progress: Progress | None = None,
-    ) -> dict[str, Any]:
-        """Check that the base weights in ``base_path`` are exactly those version ``ref`` was
-        verified against (same fingerprint). Nothing is written anywhere.
+def base_manifest(http: Http, base_id: int | str) -> ManifestOut:
+    return http.get(f"/api/v1/bases/{quote(str(base_id), safe='')}/manifest", ManifestOut)
 
-        Raises IncompatibleBase when the fingerprints differ (naming both, the revisions or
-        commits known, and the first differing tensor from the registered manifest), and when
-        the version has no recorded fingerprint (its base is not registered, or it does not
-        fit it). The result: ``{ref, compatible, fingerprint, base, path, tensors,
-        total_bytes}``.
-        """
-        version = self.version(ref)
-        base = version["base"]
-        expected = base.get("fingerprint")
-        if not expected:
-            raise _unverified(version)
-        folder = Path(base_path)
-        actual = _fingerprint(folder, self.fingerprint_cache_path, no_cache, Reporter(progress))
-        if actual.digest != expected:
-            entries = _registered_tensors(self, base["hub_id"], base["revision"], expected)
-            _raise_mismatch(version, folder, expected, entries, actual)
-        return {"ref": version["ref"], "compatible": True, "fingerprint": actual.digest,
-                "base": base, "path": str(folder), "tensors": len(actual.tensors),
-                "total_bytes": actual.total_bytes}
+
+def ensure_compatible(http: Http, ref: str, base_path: Path, *, no_cache: bool,
+                      cache_path: Path | None, progress: Progress | None) -> Compatibility:
+    found = version(http, ref)
+    expected = found.base.fingerprint
+    if not expected:
+        raise _unverified(found)
+    actual = _fingerprint(base_path, cache_path, no_cache, Reporter(progress))
+    if actual.digest != expected:
+        entries = _registered_tensors(http, found.base, expected)
+        _raise_mismatch(found, base_path, expected, entries, actual)
+    return Compatibility(ref=found.ref, compatible=True, fingerprint=actual.digest,
+                         base=found.base, path=str(base_path), tensors=len(actual.tensors),
+                         total_bytes=actual.total_bytes)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -167,48 +134,47 @@ def _local_files(folder: Path, report: Reporter, known: Mapping[str, str]) -> li
             for rel, f in found]
 
 
-def _registered_tensors(api: Core, hub_id: str, revision: str,
-                        fingerprint: str) -> list[TensorEntry] | None:
+def _registered_tensors(http: Http, ref: BaseRefOut, fingerprint: str
+                        ) -> list[TensorEntry] | None:
     """The tensor manifest of the registered base with this fingerprint, if readable."""
     try:
-        candidates = list(api._paginate("/api/v1/bases",
-                                        query(hub_id=hub_id, revision=revision), None))
-        match = next((b for b in candidates if b.get("fingerprint") == fingerprint), None)
+        candidates = bases(http, ref.hub_id, ref.revision, None)
+        match = next((b for b in candidates if b.fingerprint == fingerprint), None)
         if match is None:
             return None
-        manifest = api._get(f"/api/v1/bases/{int(match['id'])}/manifest")
-        return [TensorEntry(n, d, tuple(s), h) for n, d, s, h in manifest["tensors"]]
+        manifest = base_manifest(http, match.id)
+        return [TensorEntry(n, d, tuple(s), h) for n, d, s, h in manifest.tensors]
     except (errors.NotFound, errors.PermissionDenied):
         return None
 
 
-def _raise_mismatch(version: Mapping[str, Any], folder: Path, expected: str,
+def _raise_mismatch(version: VersionOut, folder: Path, expected: str,
                     entries: list[TensorEntry] | None, actual: Fingerprint) -> None:
-    base = version["base"]
+    base = version.base
     commit = hf_cache.snapshot_commit(folder)
     label = f"{folder} (commit {commit})" if commit else str(folder)
     try:
-        ensure_matches(expected, entries, actual, expected_revision=base["revision"],
+        ensure_matches(expected, entries, actual, expected_revision=base.revision,
                        actual_label=label)
     except errors.IncompatibleBase as err:
-        extra = {**err.extra, "ref": version["ref"], "path": str(folder)}
+        extra = {**err.extra, "ref": version.ref, "path": str(folder)}
         if commit:
             extra["actual_revision"] = commit
         raise errors.IncompatibleBase(
-            f"{version['ref']} was verified against {base['hub_id']}@{base['revision']}, "
+            f"{version.ref} was verified against {base.hub_id}@{base.revision}, "
             f"not the weights in {folder}: {err.detail}", **extra) from None
 
 
-def _unverified(version: Mapping[str, Any]) -> errors.IncompatibleBase:
-    base = version["base"]
-    name = f"{base['hub_id']}@{base['revision']}"
-    status = base.get("compat_status")
-    if status == "incompatible":
-        detail = (f"{version['ref']} does not fit its registered base {name} "
+def _unverified(version: VersionOut) -> errors.IncompatibleBase:
+    base = version.base
+    name = f"{base.hub_id}@{base.revision}"
+    status = base.compat_status
+    if status == CompatStatus.INCOMPATIBLE:
+        detail = (f"{version.ref} does not fit its registered base {name} "
                   "(compat incompatible): no base weights can be compatible with it")
     else:
-        detail = (f"{version['ref']} has no recorded base fingerprint to compare with: its base "
+        detail = (f"{version.ref} has no recorded base fingerprint to compare with: its base "
                   f"{name} is not registered (compat {status}); register it first with "
-                  f"`lorareg base register DIR --name {base['hub_id']} "
-                  f"--revision {base['revision']}`")
-    return errors.IncompatibleBase(detail, ref=version["ref"], compat_status=status)
+                  f"`lorareg base register DIR --name {base.hub_id} "
+                  f"--revision {base.revision}`")
+    return errors.IncompatibleBase(detail, ref=version.ref, compat_status=status.value)

@@ -1,480 +1,267 @@
 """The :class:`Client` class (see :mod:`registry.client` for its contract).
 
-Errors: every non-2xx answer is raised as the matching :mod:`registry.errors` class, rebuilt
-from the problem document (so ``err.exit_code`` is the CLI exit code and ``err.extra`` holds
-the helpful fields). A server that cannot be reached raises :class:`RegistryError` itself
-(exit code 6) with a ``cannot reach <url>: ...`` detail.
-
-Retries (exponential backoff with jitter, ``Retry-After`` honoured): connection failures are
-retried for every call, since the request never reached the server; 429 answers too; read
-failures and 5xx answers only for idempotent calls: reads, blob uploads, ``blobs/missing`` and
-version creation (identical content returns the existing version). A ``corrupt_blob`` 500 (a
-stored blob shorter than recorded) is not retried: no retry can help.
-
-Progress: ``push`` and ``pull`` accept either a callable receiving byte increments (negative
-when a retried upload starts over) or a tqdm-like object; the latter first gets
-``reset(total=<bytes to transfer>)``, so one bar covers the whole transfer.
-
-The class is assembled from parts: local files, hashing and the resumable verified download
-are in :mod:`registry.client._transfer`; base models in :mod:`registry.client._bases`;
-merges and jobs in :mod:`registry.client._jobs`.
+Each method delegates to the module of its resource family (``_versions``, ``_channels``,
+``_bases``, ``_jobs``, ``_ops``, ``_pools``, ``_adapters``, ``_admin``): plain functions over one
+:class:`registry.client._http.Http` core, which sends, retries and parses answers into the wire
+models of :mod:`registry.wire`. Defaults and documentation live here, once.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Literal, overload
 
 import httpx
 
-from registry import __version__, errors
-from registry.client._bases import BasesMixin
-from registry.client._channels import ChannelsMixin
-from registry.client._core import Params, adapter_path, label_params, query, version_path
-from registry.client._jobs import JobsMixin
-from registry.client._ops import OpsMixin
-from registry.client._pools import PoolsMixin
-from registry.client._retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
-from registry.client._transfer import (
-    LocalFile,
-    Progress,
-    Reporter,
-    Sink,
-    check_dest,
-    corrupt_blob,
-    download_folder,
-    file_chunks,
-    range_start,
-    scan_folder,
-    stored_size,
+from registry.client import (
+    _adapters,
+    _admin,
+    _bases,
+    _blobs,
+    _channels,
+    _jobs,
+    _ops,
+    _pools,
+    _versions,
 )
-from registry.client._transport import URLLib3Transport
-from registry.manifest import FileEntry, manifest_digest
-from registry.refs import parse_adapter_name, parse_base_ref
-from registry.safetensors_io import ADAPTER_LIMITS, HeaderLimits, read_header
+from registry.client._http import Http
+from registry.client._results import (
+    Compatibility,
+    PulledArtifact,
+    PulledVersion,
+    PushResult,
+    RegisteredBase,
+    RegisteredSnapshot,
+    Resolved,
+)
+from registry.client._retry import RetryPolicy
+from registry.client._transfer import LocalFile, Progress
+from registry.safetensors_io import ADAPTER_LIMITS, HeaderLimits
+from registry.vllm_architectures import DEFAULT_MAX_LORA_RANK
+from registry.wire import (
+    AdapterOut,
+    ArtifactOut,
+    AuditOut,
+    BaseOut,
+    BlobOut,
+    ChannelEventOut,
+    ChannelOut,
+    CheckOut,
+    DeliveryOut,
+    DesiredOut,
+    GateEvaluationOut,
+    GcReportOut,
+    Health,
+    JobOut,
+    ManifestOut,
+    MergeOut,
+    MetricOut,
+    MetricsOut,
+    NamespaceOut,
+    PingQueued,
+    PoolCheckOut,
+    PoolDetailOut,
+    PoolOut,
+    PromoteOut,
+    ResolveOut,
+    RetentionReportOut,
+    RolloutOut,
+    ServerVersion,
+    TokenOut,
+    VersionOut,
+    WebhookOut,
+    WhoAmI,
+)
 
-PAGE_SIZE = 100
-
-
-def metric_rows(metrics: Mapping[str, float] | Sequence[Mapping[str, Any]] | None) -> list[Any]:
-    """``{"accuracy": 0.9}`` or ``[{"key":..., "value":..., "dataset":...}]`` -> API rows."""
-    if metrics is None:
-        return []
-    if isinstance(metrics, Mapping):
-        return [{"key": k, "value": float(v)} for k, v in metrics.items()]
-    return [dict(m) for m in metrics]
-
-
-def _hopeless(response: httpx.Response) -> bool:
-    """A 500 whose problem says that no retry can help (a corrupt stored blob)."""
-    if response.status_code != errors.CorruptBlob.status_code:
-        return False
-    if "json" not in response.headers.get("content-type", ""):
-        return False
-    response.read()  # a problem document: small
-    try:
-        problem = response.json()
-    except ValueError:
-        return False
-    return isinstance(problem, dict) and problem.get("code") == errors.CorruptBlob.code
-
-
-def body_chunks(response: httpx.Response) -> Iterator[bytes]:
-    """A download's body as received: the raw stream (no decoder or re-chunking on the way)
-    unless the server encoded it (e.g. gzip) or the body was read already (a response built
-    in memory), which ``iter_bytes`` handles."""
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity") and not response.is_stream_consumed:
-        return response.iter_raw()
-    return response.iter_bytes()
-
-
-#: The weights file the server parses at push (registry.services.inspect.WEIGHTS_FILE).
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-def check_weights_header(folder: Path, limits: HeaderLimits) -> None:
-    """Refuse, before hashing or uploading anything, a weights header the server would refuse
-    (InvalidSafetensors, from the same parser and caps)."""
-    weights = folder / ADAPTER_WEIGHTS
-    if weights.is_file():  # a folder without it is refused by the server, with its message
-        read_header(weights, limits)
-
-
-# ------------------------------------------------------------------------------- client
+Labels = Mapping[str, str] | Sequence[str]
+Metrics = Mapping[str, float] | Sequence[Mapping[str, Any]]
 
 
-class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin, PoolsMixin):
+class Client:
     """A lorareg server, reached over HTTP. Safe to reuse; not safe to share across threads."""
 
     def __init__(
-        self,
-        url: str,
-        token: str | None = None,
-        *,
-        timeout: float = 30.0,
-        retries: int = 4,
-        transport: httpx.BaseTransport | None = None,
-        fingerprint_cache_path: Path | None = None,
+        self, url: str, token: str | None = None, *, timeout: float = 30.0, retries: int = 4,
+        transport: httpx.BaseTransport | None = None, fingerprint_cache_path: Path | None = None,
         safetensors_limits: HeaderLimits = ADAPTER_LIMITS,
     ) -> None:
-        self.url = url.rstrip("/")
+        self._http = Http(url, token, timeout=timeout, retries=retries, transport=transport)
         self.fingerprint_cache_path = fingerprint_cache_path
         # Set it to the server's LORAREG_MAX_SAFETENSORS_* if they differ from the defaults.
         self.safetensors_limits = safetensors_limits
-        headers = {"User-Agent": f"lorareg-client/{__version__}"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport
-        )
-        # Blob bodies go through urllib3 (see registry.client._transport, and _send's
-        # ``stream``), unless the caller chose the transport.
-        self._blob_http = self._http if transport is not None else httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, transport=URLLib3Transport()
-        )
-        self._timeout = timeout
-        self.retry = RetryPolicy(retries=retries)
-        self.sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def url(self) -> str:
+        return self._http.url
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._http.retry
+
+    @retry.setter
+    def retry(self, policy: RetryPolicy) -> None:
+        self._http.retry = policy
+
+    @property
+    def sleep(self) -> Callable[[float], None]:
+        """What the client waits with between retries and polls (``time.sleep``)."""
+        return self._http.sleep
+
+    @sleep.setter
+    def sleep(self, sleep: Callable[[float], None]) -> None:
+        self._http.sleep = sleep
 
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:
         """Close the connection pools."""
         self._http.close()
-        self._blob_http.close()
 
-    # -- transport -----------------------------------------------------------------------
+    # -- service, tokens, audit ----------------------------------------------------------
 
-    def _send(
-        self, method: str, path: str, *, params: Params | None = None, json: Any = None,
-        body: Callable[[], Iterable[bytes]] | None = None, headers: Mapping[str, str] | None = None,
-        idempotent: bool = True, stream: bool = False, follow: bool = False,
-        accept: Collection[int] = (),
-    ) -> httpx.Response:
-        """Send with retries; return a 2xx response (or one of the ``accept`` statuses) or
-        raise the matching RegistryError. A ``stream`` answer (a blob body) comes through the
-        urllib3 transport."""
-        http = self._blob_http if stream else self._http
-        attempt = 0
-        while True:
-            request = http.build_request(
-                method, path, params=tuple(params or ()), json=json, headers=headers,
-                content=body() if body else None,
-            )
-            try:
-                response = http.send(request, stream=stream, follow_redirects=follow)
-            except httpx.TransportError as exc:
-                retryable = idempotent or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                if not retryable or attempt >= self.retry.retries:
-                    raise self._network_error(exc) from exc
-                self.sleep(self.retry.delay(attempt))
-                attempt += 1
-                continue
-            if self._should_retry(response, attempt, idempotent):
-                response.close()
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                self.sleep(self.retry.delay(attempt, retry_after))
-                attempt += 1
-                continue
-            if not response.is_success and response.status_code not in accept:
-                raise self._error_from(response)
-            return response
-
-    def _should_retry(self, response: httpx.Response, attempt: int, idempotent: bool) -> bool:
-        if response.status_code not in RETRY_STATUSES or attempt >= self.retry.retries:
-            return False
-        return (idempotent or response.status_code == 429) and not _hopeless(response)
-
-    def _network_error(self, exc: httpx.TransportError) -> errors.RegistryError:
-        if isinstance(exc, httpx.TimeoutException):
-            reason = f"timed out after {self._timeout:g}s ({type(exc).__name__})"
-        else:
-            reason = str(exc) or type(exc).__name__
-        return errors.RegistryError(f"cannot reach {self._origin(exc)}: {reason}")
-
-    def _origin(self, exc: httpx.TransportError) -> str:
-        """Our server's URL, or the origin of a redirect target (e.g. presigned S3)."""
-        try:
-            url = exc.request.url
-        except RuntimeError:  # the exception carries no request
-            return self.url
-        if str(url).startswith(self.url):
-            return self.url
-        return f"{url.scheme}://{url.netloc.decode()}"
-
-    @staticmethod
-    def _error_from(response: httpx.Response) -> errors.RegistryError:
-        response.read()
-        response.close()
-        problem: dict[str, Any] | None = None
-        if "json" in response.headers.get("content-type", ""):
-            try:
-                data = response.json()
-            except ValueError:
-                data = None
-            problem = data if isinstance(data, dict) else None
-        if problem is None or not ({"detail", "title", "code"} & problem.keys()):
-            snippet = " ".join(response.text.split())[:200]
-            problem = {"detail": f"{response.request.method} {response.request.url.path} "
-                                 f"answered HTTP {response.status_code}: {snippet}".rstrip(": ")}
-        return errors.from_problem(problem, response.status_code)
-
-    def _get(self, path: str, params: Params | None = None) -> Any:
-        return self._send("GET", path, params=params).json()
-
-    def _post(self, path: str, body: Any, *, idempotent: bool = False) -> Any:
-        return self._send("POST", path, json=body, idempotent=idempotent).json()
-
-    def _paginate(self, path: str, params: Params, limit: int | None) -> Iterator[dict[str, Any]]:
-        """Every item of a cursor-paginated list, up to ``limit`` items."""
-        remaining, cursor = limit, None
-        while remaining is None or remaining > 0:
-            size = PAGE_SIZE if remaining is None else min(remaining, PAGE_SIZE)
-            query = [*params, ("limit", str(size))] + ([("cursor", cursor)] if cursor else [])
-            page = self._get(path, query)
-            items: list[dict[str, Any]] = page["items"][:remaining]
-            yield from items
-            if remaining is not None:
-                remaining -= len(items)
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
-
-    # -- service -------------------------------------------------------------------------
-
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         """Liveness of the server (``GET /healthz``)."""
-        result: dict[str, Any] = self._get("/healthz")
-        return result
+        return _admin.health(self._http)
 
-    def server_version(self) -> dict[str, Any]:
-        """``{"version": ...}`` of the server."""
-        result: dict[str, Any] = self._get("/api/v1/version")
-        return result
+    def server_version(self) -> ServerVersion:
+        """The server's version."""
+        return _admin.server_version(self._http)
 
-    def whoami(self) -> dict[str, Any]:
-        """Who the token acts as: ``{actor, role, namespace, auth}``."""
-        result: dict[str, Any] = self._get("/api/v1/whoami")
-        return result
+    def whoami(self) -> WhoAmI:
+        """Who the token acts as: actor, role, namespace, whether auth is on."""
+        return _admin.whoami(self._http)
+
+    def audit(self, namespace: str | None = None, target: str | None = None,
+              action: str | None = None, limit: int | None = None) -> Iterator[AuditOut]:
+        """Audit events, newest first, following cursors."""
+        return _admin.audit(self._http, namespace, target, action, limit)
+
+    def create_token(self, name: str, role: str, namespace: str | None = None,
+                     expires_in_days: int | None = None) -> TokenOut:
+        """Create an API token; the result holds the plaintext ``token``, shown only once."""
+        return _admin.create_token(self._http, name, role, namespace, expires_in_days)
+
+    def tokens(self) -> list[TokenOut]:
+        """Tokens (without secrets)."""
+        return _admin.tokens(self._http)
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revoke a token by id; revoking twice is harmless."""
+        _admin.revoke_token(self._http, token_id)
 
     # -- namespaces and adapters ---------------------------------------------------------
 
-    def namespaces(self) -> list[dict[str, Any]]:
+    def namespaces(self) -> list[NamespaceOut]:
         """All namespaces visible to the token."""
-        return list(self._paginate("/api/v1/namespaces", [], None))
+        return _adapters.namespaces(self._http)
 
-    def create_namespace(self, name: str, description: str = "") -> dict[str, Any]:
+    def create_namespace(self, name: str, description: str = "") -> NamespaceOut:
         """Create a namespace (admin)."""
-        result: dict[str, Any] = self._post(
-            "/api/v1/namespaces", {"name": name, "description": description}
-        )
-        return result
+        return _adapters.create_namespace(self._http, name, description)
 
-    def adapters(
-        self, namespace: str | None = None, label: Mapping[str, str] | Sequence[str] | None = None,
-        q: str | None = None, sort: str | None = None, limit: int | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Adapters, following cursors; ``label`` is ``{"k": "v"}`` or ``["k=v"]``."""
-        params = query(namespace=namespace, label=label_params(label), q=q, sort=sort)
-        return self._paginate("/api/v1/adapters", params, limit)
+    def adapters(self, namespace: str | None = None, label: Labels | None = None,
+                 q: str | None = None, sort: str | None = None, limit: int | None = None,
+                 base: str | None = None) -> Iterator[AdapterOut]:
+        """Adapters, following cursors; ``label`` is ``{"k": "v"}`` or ``["k=v"]``, ``q``
+        searches names and descriptions, ``base`` is ``hub_id`` or ``hub_id@revision``."""
+        return _adapters.adapters(self._http, namespace, label, q, base, sort, limit)
 
-    def adapter(self, name: str) -> dict[str, Any]:
+    def adapter(self, name: str) -> AdapterOut:
         """One adapter, ``ns/name``."""
-        result: dict[str, Any] = self._get(adapter_path(name))
-        return result
+        return _adapters.adapter(self._http, name)
 
-    def update_adapter(
-        self, name: str, description: str | None = None, labels: Mapping[str, str] | None = None,
-        remove_labels: Sequence[str] | None = None,
-    ) -> dict[str, Any]:
+    def update_adapter(self, name: str, description: str | None = None,
+                       labels: Mapping[str, str] | None = None,
+                       remove_labels: Sequence[str] | None = None) -> AdapterOut:
         """Change an adapter's description and labels (set ``labels``, drop ``remove_labels``)."""
-        body: dict[str, Any] = {}
-        if description is not None:
-            body["description"] = description
-        if labels is not None:
-            body["labels"] = dict(labels)
-        if remove_labels is not None:
-            body["remove_labels"] = list(remove_labels)
-        result: dict[str, Any] = self._send(
-            "PATCH", adapter_path(name), json=body, idempotent=False
-        ).json()
-        return result
+        return _adapters.update_adapter(self._http, name, description, labels, remove_labels)
 
     # -- versions ------------------------------------------------------------------------
 
     def versions(
         self, adapter: str | None = None, *, namespace: str | None = None,
-        status: str | None = None, labels: Mapping[str, str] | Sequence[str] | None = None,
-        base: str | None = None, metric_filters: Sequence[str] = (), sort: str | None = None,
-        order: str | None = None, limit: int | None = None,
-    ) -> Iterator[dict[str, Any]]:
+        status: str | None = None, labels: Labels | None = None, base: str | None = None,
+        metric_filters: Sequence[str] = (), sort: str | None = None, order: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[VersionOut]:
         """Versions of one adapter, or across adapters (optionally of one namespace).
 
         ``metric_filters`` look like ``"accuracy>=0.9"``; ``sort`` is ``version``,
         ``created_at`` or ``metric.KEY``; ``order`` is ``asc`` or ``desc``.
         """
-        path = f"{adapter_path(adapter)}/versions" if adapter else "/api/v1/versions"
-        params = query(
-            namespace=namespace, status=status, label=label_params(labels), base=base,
-            metric=list(metric_filters), sort=sort, order=order,
-        )
-        return self._paginate(path, params, limit)
+        flt = _versions.VersionFilter(namespace, status, labels, base, metric_filters, sort,
+                                      order)
+        return _versions.versions(self._http, adapter, flt, limit)
 
-    def version(self, ref: str) -> dict[str, Any]:
+    def version(self, ref: str) -> VersionOut:
         """One version: ``ns/name@3``, ``ns/name@latest``, ``ns/name`` (= latest) or
         ``ns/name:prod`` (the channel's stable version)."""
-        result: dict[str, Any] = self._get(version_path(self.pin_channel(ref)))
-        return result
+        return _versions.version(self._http, ref)
 
-    def yank(self, ref: str, reason: str) -> dict[str, Any]:
+    def yank(self, ref: str, reason: str) -> VersionOut:
         """Mark an explicit version (``ns/name@3``) as yanked; it stays pullable by number."""
-        result: dict[str, Any] = self._post(
-            f"{version_path(ref, explicit=True)}/yank", {"reason": reason}
-        )
-        return result
+        return _versions.yank(self._http, ref, reason)
 
-    def unyank(self, ref: str, reason: str = "") -> dict[str, Any]:
+    def unyank(self, ref: str, reason: str = "") -> VersionOut:
         """Undo a yank of an explicit version."""
-        result: dict[str, Any] = self._post(
-            f"{version_path(ref, explicit=True)}/unyank", {"reason": reason}
-        )
-        return result
+        return _versions.yank(self._http, ref, reason, undo=True)
 
-    # -- metrics -------------------------------------------------------------------------
-
-    def log_metrics(
-        self, ref: str, metrics: Mapping[str, float] | Sequence[Mapping[str, Any]],
-        dataset: str | None = None, split: str | None = None,
-    ) -> dict[str, Any]:
+    def log_metrics(self, ref: str, metrics: Metrics, dataset: str | None = None,
+                    split: str | None = None) -> MetricsOut:
         """Record metric values on a version; ``dataset``/``split`` fill rows that lack them."""
-        rows = metric_rows(metrics)
-        for row in rows:
-            if dataset is not None:
-                row.setdefault("dataset", dataset)
-            if split is not None:
-                row.setdefault("split", split)
-        result: dict[str, Any] = self._post(f"{version_path(ref)}/metrics", {"metrics": rows})
-        return result
+        return _versions.log_metrics(self._http, ref, metrics, dataset, split)
 
-    def metric_history(self, ref: str) -> list[dict[str, Any]]:
+    def metric_history(self, ref: str) -> list[MetricOut]:
         """Every recorded metric value of a version, oldest first."""
-        items: list[dict[str, Any]] = self._get(f"{version_path(ref)}/metrics")["items"]
-        return items
+        return _versions.metric_history(self._http, ref)
 
-    # -- push ----------------------------------------------------------------------------
+    def check(self, ref: str, profile: str = "vllm") -> CheckOut:
+        """Could serving profile ``profile`` load version ``ref`` (``ns/name@N``, ``@latest``
+        or a channel's stable ``ns/name:chan``)? Nothing changes."""
+        return _versions.check(self._http, ref, profile)
+
+    # -- push and pull -------------------------------------------------------------------
 
     def push(
-        self, path: str | Path, adapter: str, base: str,
-        metrics: Mapping[str, float] | Sequence[Mapping[str, Any]] | None = None,
+        self, path: str | Path, adapter: str, base: str, metrics: Metrics | None = None,
         labels: Mapping[str, str] | None = None, provenance: Mapping[str, str] | None = None,
         description: str | None = None, progress: Progress | None = None,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> PushResult:
         """Push an adapter folder as a new version of ``adapter`` trained on ``base``.
 
         Only blobs the server lacks are uploaded. Pushing identical content again uploads
         nothing and returns the existing version; ``idempotency_key`` names one pipeline step
         (its retries return the version it created; reused with other content: Conflict).
         The result is the version plus ``created``, ``uploaded_bytes`` and
-        ``uploaded_digests``.
+        ``uploaded_digests``. ``progress`` is a callable receiving byte increments (negative
+        when a retried upload starts over) or a tqdm-like bar (reset to the bytes to send).
         """
-        hub_id, revision = parse_base_ref(base)
-        parse_adapter_name(adapter)
-        check_weights_header(Path(path), self.safetensors_limits)
-        files = scan_folder(Path(path))
-        report = Reporter(progress)
-        uploaded = self._upload_missing(files, report)
-        body = {
-            "files": [f.entry() for f in files],
-            "base": {"hub_id": hub_id, "revision": revision},
-            "metrics": metric_rows(metrics),
-            "labels": dict(labels or {}),
-            "provenance": dict(provenance or {}),
-            "description": description,
-        }
-        if idempotency_key is not None:
-            body["idempotency_key"] = idempotency_key
-        version = self._create_version(adapter, body, files, report, uploaded)
-        return {
-            **version,
-            "uploaded_bytes": sum(f.size for f in uploaded),
-            "uploaded_digests": [f.digest for f in uploaded],
-        }
+        spec = _versions.PushSpec(metrics, labels, provenance, description, idempotency_key)
+        return _versions.push(self._http, Path(path), adapter, base, spec,
+                              self.safetensors_limits, progress)
 
-    def missing_blobs(self, digests: Sequence[str]) -> list[str]:
-        """Which of ``digests`` the server does not hold."""
-        missing: list[str] = self._post(
-            "/api/v1/blobs/missing", {"digests": list(digests)}, idempotent=True
-        )["missing"]
-        return missing
+    @overload
+    def pull(self, ref: str, dest: str | Path, *, progress: Progress | None = None,
+             overwrite: bool = False, merged: Literal[False] = False) -> PulledVersion: ...
 
-    def upload_blob(self, file: LocalFile, progress: Progress | None = None) -> dict[str, Any]:
-        """Stream one file to ``PUT /blobs/<digest>``; the server verifies the hash."""
-        report = progress if isinstance(progress, Reporter) else Reporter(progress)
-        sent = 0
+    @overload
+    def pull(self, ref: str, dest: str | Path, *, progress: Progress | None = None,
+             overwrite: bool = False, merged: Literal[True]) -> PulledArtifact: ...
 
-        def body() -> Iterator[bytes]:
-            nonlocal sent
-            report(-sent)  # a retry starts over: take back what the failed attempt reported
-            sent = 0
-            for chunk in file_chunks(file):
-                sent += len(chunk)
-                report(len(chunk))
-                yield chunk
+    @overload
+    def pull(self, ref: str, dest: str | Path, *, progress: Progress | None = None,
+             overwrite: bool = False, merged: bool) -> PulledVersion | PulledArtifact: ...
 
-        headers = {"Content-Length": str(file.size), "Content-Type": "application/octet-stream"}
-        result: dict[str, Any] = self._send(
-            "PUT", f"/api/v1/blobs/{file.digest}", body=body, headers=headers
-        ).json()
-        return result
-
-    def _upload_missing(self, files: Sequence[LocalFile], report: Reporter,
-                        only: Sequence[str] | None = None) -> list[LocalFile]:
-        by_digest = {f.digest: f for f in files}
-        missing = list(only) if only is not None else self.missing_blobs(sorted(by_digest))
-        todo = [by_digest[d] for d in missing if d in by_digest]
-        report.start(sum(f.size for f in todo), "upload")
-        for file in todo:
-            self.upload_blob(file, report)
-        return todo
-
-    def _create_version(
-        self, adapter: str, body: dict[str, Any], files: Sequence[LocalFile],
-        report: Reporter, uploaded: list[LocalFile],
-    ) -> dict[str, Any]:
-        path = f"{adapter_path(adapter)}/versions"
-        try:
-            response = self._send("POST", path, json=body, idempotent=True)
-        except errors.BadRequest as err:
-            # A blob vanished between "missing" and now (e.g. garbage collection): upload
-            # what the server names, once, and try again.
-            missing = err.extra.get("missing")
-            if not missing or not isinstance(missing, list):
-                raise
-            uploaded.extend(self._upload_missing(files, report, only=missing))
-            response = self._send("POST", path, json=body, idempotent=True)
-        version: dict[str, Any] = response.json()
-        version.setdefault("created", response.status_code == 201)
-        return version
-
-    # -- pull ----------------------------------------------------------------------------
-
-    def pull(
-        self, ref: str, dest: str | Path, *, progress: Progress | None = None,
-        overwrite: bool = False, merged: bool = False,
-    ) -> dict[str, Any]:
+    def pull(self, ref: str, dest: str | Path, *, progress: Progress | None = None,
+             overwrite: bool = False, merged: bool = False) -> PulledVersion | PulledArtifact:
         """Download a version (or, with ``merged``, its merged model) into the folder ``dest``,
         atomically and verified.
 
@@ -486,83 +273,311 @@ class Client(BasesMixin, JobsMixin, ChannelsMixin, OpsMixin, PoolsMixin):
         ``overwrite``. The result is the version (or the merged artifact, see :meth:`merged`)
         plus ``path`` and ``downloaded_bytes``.
         """
-        dest = Path(dest).resolve()
-        ref = self.pin_channel(ref)  # ns/name:prod -> ns/name@<stable>
+        folder = Path(dest).resolve()
         if merged:
-            source = self.merged(ref)
-            entries = [FileEntry(f["path"], f["digest"], int(f["size"])) for f in source["files"]]
-            key = f"merged-{manifest_digest(entries)[:12]}"
-        else:
-            source = self.version(ref)
-            key = source["manifest_digest"][:12]
-        check_dest(dest, overwrite)
-        downloaded = download_folder(source["files"], dest, key, self._download,
-                                     Reporter(progress), overwrite=overwrite)
-        return {**source, "path": str(dest), "downloaded_bytes": downloaded}
+            return _versions.pull_merged(self._http, ref, folder, progress, overwrite)
+        return _versions.pull(self._http, ref, folder, progress, overwrite)
 
-    def _download(self, digest: str, sink: Sink, size: int) -> None:
-        """Stream the blob into ``sink`` from its current size, resuming after read errors.
-        A stored blob of another size than ``size`` is a DigestMismatch (see _blob)."""
-        attempt = 0
-        while sink.size < size or size == 0:
-            response = self._blob(digest, sink.size, size)
-            try:
-                start = range_start(response.status_code, response.headers.get("content-range"))
-                if sink.size and start != sink.size:
-                    sink.restart()  # the server (or the presigned URL) ignored our Range
-                sink.write_from(body_chunks(response))
-                return
-            except httpx.TransportError as exc:
-                if attempt >= self.retry.retries:
-                    raise self._network_error(exc) from exc
-                self.sleep(self.retry.delay(attempt))
-                attempt += 1
-            finally:
-                response.close()
+    def missing_blobs(self, digests: Sequence[str]) -> list[str]:
+        """Which of ``digests`` the server does not hold."""
+        return _blobs.missing_blobs(self._http, digests)
 
-    def _blob(self, digest: str, offset: int, size: int) -> httpx.Response:
-        """The answer to a GET of the blob from ``offset``. If it shows that the store holds
-        another size than ``size`` (the server's corrupt_blob; a presigned store's own
-        Content-Length, Content-Range or 416), a DigestMismatch instead: a body cut short by
-        a corrupt blob must not pass for a network failure, retried and then "cannot reach"."""
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        try:
-            response = self._send("GET", f"/api/v1/blobs/{digest}", headers=headers,
-                                  stream=True, follow=True, accept=(416,))
-        except errors.CorruptBlob as err:
-            raise corrupt_blob(digest, size, err.extra.get("stored_size")) from None
-        stored = stored_size(response.status_code, response.headers)
-        if response.status_code == 416 or (stored is not None and stored != size):
-            response.close()
-            raise corrupt_blob(digest, size, stored)
-        return response
+    def upload_blob(self, file: LocalFile, progress: Progress | None = None) -> BlobOut:
+        """Stream one file to ``PUT /blobs/<digest>``; the server verifies the hash."""
+        return _blobs.upload_blob(self._http, file, progress)
 
-    # -- audit, tokens ------------------------------------------------------------------
+    # -- base models ---------------------------------------------------------------------
 
-    def audit(
-        self, namespace: str | None = None, target: str | None = None,
-        action: str | None = None, limit: int | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Audit events, newest first, following cursors."""
-        params = query(namespace=namespace, target=target, action=action)
-        return self._paginate("/api/v1/audit", params, limit)
+    def register_base(
+        self, path: str | Path, hub_id: str, revision: str, *, upload: bool = False,
+        no_cache: bool = False, progress: Progress | None = None,
+        known_digests: Mapping[str, str] | None = None,
+    ) -> RegisteredBase:
+        """Fingerprint the base weights in the folder ``path`` and register them as
+        ``hub_id@revision``; registering the same weights again returns the same base.
 
-    def create_token(
-        self, name: str, role: str, namespace: str | None = None,
-        expires_in_days: int | None = None,
-    ) -> dict[str, Any]:
-        """Create an API token; the result holds the plaintext ``token``, shown only once."""
-        body: dict[str, Any] = {"name": name, "role": role, "namespace": namespace}
-        if expires_in_days is not None:
-            body["expires_in_days"] = expires_in_days
-        result: dict[str, Any] = self._post("/api/v1/tokens", body)
-        return result
+        With ``upload``, every file of the folder (weights, config, tokenizer) is also stored
+        as a blob (only those the server lacks are sent), so workers can merge without a
+        local copy. ``known_digests`` (``{relative path: sha256}``) skips re-hashing files
+        already verified. The result is the base plus ``created`` and ``uploaded_bytes``.
+        Fingerprinting is local, cached per file (``fingerprint_cache_path``) unless
+        ``no_cache``.
+        """
+        return _bases.register_base(
+            self._http, Path(path), hub_id, revision, upload=upload, no_cache=no_cache,
+            cache_path=self.fingerprint_cache_path, progress=progress,
+            known_digests=known_digests)
 
-    def tokens(self) -> list[dict[str, Any]]:
-        """Tokens (without secrets)."""
-        items: list[dict[str, Any]] = self._get("/api/v1/tokens")["items"]
-        return items
+    def register_hf_cache(self, spec: str, *, upload: bool = False, no_cache: bool = False,
+                          progress: Progress | None = None) -> RegisteredSnapshot:
+        """Register the Hugging Face cache snapshot ``org/name@rev`` (offline) under the commit
+        hash the revision resolves to. Every cached LFS blob is re-hashed first; a damaged one
+        raises DigestMismatch naming the file. The result is as for :meth:`register_base`,
+        plus ``snapshot`` (the folder)."""
+        return _bases.register_hf_cache(self._http, spec, upload=upload, no_cache=no_cache,
+                                        cache_path=self.fingerprint_cache_path,
+                                        progress=progress)
 
-    def revoke_token(self, token_id: str) -> None:
-        """Revoke a token by id; revoking twice is harmless."""
-        self._send("DELETE", f"/api/v1/tokens/{quote(token_id, safe='')}")
+    def bases(self, hub_id: str | None = None, revision: str | None = None,
+              limit: int | None = None) -> list[BaseOut]:
+        """Registered base models, optionally of one hub id (and revision)."""
+        return _bases.bases(self._http, hub_id, revision, limit)
+
+    def base(self, base_id: int | str) -> BaseOut:
+        """One base model by id."""
+        return _bases.base(self._http, base_id)
+
+    def base_manifest(self, base_id: int | str) -> ManifestOut:
+        """A base's fingerprint and ``[name, dtype, shape, sha256]`` per tensor."""
+        return _bases.base_manifest(self._http, base_id)
+
+    def ensure_compatible(self, ref: str, base_path: str | Path, *, no_cache: bool = False,
+                          progress: Progress | None = None) -> Compatibility:
+        """Check that the base weights in ``base_path`` are exactly those version ``ref`` was
+        verified against (same fingerprint). Nothing is written anywhere.
+
+        Raises IncompatibleBase when the fingerprints differ (naming both, the revisions or
+        commits known, and the first differing tensor from the registered manifest), and when
+        the version has no recorded fingerprint (its base is not registered, or it does not
+        fit it).
+        """
+        return _bases.ensure_compatible(self._http, ref, Path(base_path), no_cache=no_cache,
+                                        cache_path=self.fingerprint_cache_path,
+                                        progress=progress)
+
+    # -- merges and jobs -----------------------------------------------------------------
+
+    def merge(self, ref: str, base_id: int | None = None) -> MergeOut:
+        """Ask for version ``ref`` merged into its base (or the registered base ``base_id``
+        with the same fingerprint): the existing artifact, or the job queued or joined."""
+        return _jobs.merge(self._http, ref, base_id)
+
+    def merged(self, ref: str) -> ArtifactOut:
+        """The newest merged artifact of a version; NotFound if none."""
+        return _jobs.merged(self._http, ref)
+
+    def jobs(self, status: str | None = None, kind: str | None = None,
+             target: str | None = None, limit: int | None = None) -> Iterator[JobOut]:
+        """Jobs visible to the token, following cursors."""
+        return _jobs.jobs(self._http, status, kind, target, limit)
+
+    def job(self, job_id: int | str) -> JobOut:
+        """One job: status, progress, attempts, result or error."""
+        return _jobs.job(self._http, job_id)
+
+    def cancel_job(self, job_id: int | str) -> JobOut:
+        """Cancel a queued job now, or ask its worker to stop a running one between tensors;
+        Conflict if the job already finished."""
+        return _jobs.cancel_job(self._http, job_id)
+
+    def wait_job(self, job_id: int | str, timeout: float | None = None,
+                 progress: Callable[[JobOut], object] | None = None) -> JobOut:
+        """Poll a job (every 0.2 s, backing off to 2 s) until it is succeeded, failed or
+        cancelled, or ``timeout`` seconds have passed; return the last job seen (check its
+        ``status``, or pass it to :func:`registry.client.job_error`). ``progress`` hears every
+        poll."""
+        return _jobs.wait_job(self._http, job_id, timeout, progress)
+
+    # -- channels ------------------------------------------------------------------------
+
+    def channel(self, ref: str) -> ChannelOut:
+        """One channel, ``ns/name:chan``: stable, canary and weight, rollout, profile,
+        protection, base fingerprint, revision."""
+        return _channels.channel(self._http, ref)
+
+    def channels(self, adapter: str) -> list[ChannelOut]:
+        """Every channel of an adapter ``ns/name``."""
+        return _channels.channels(self._http, adapter)
+
+    def configure_channel(self, ref: str, profile: str | None = None,
+                          protected: bool | None = None, expect_revision: int | None = None
+                          ) -> ChannelOut:
+        """Create a channel or set its serving profile (``any``, ``vllm``, ``merged``) and
+        protection (admins only). Setting values is idempotent, so no revision is read first;
+        pass ``expect_revision`` to make the change conditional."""
+        return _channels.configure_channel(self._http, ref, profile, protected, expect_revision)
+
+    def promote(
+        self, ref: str, channel: str, *, now: bool = False,
+        steps: Sequence[int] = (5, 25, 50, 100), interval_seconds: int = 600,
+        gates: Sequence[str] = (), max_failures: int = 0, deadline_seconds: int | None = None,
+        min_requests: int = 1, new_base: bool = False, reason: str = "",
+        expect_revision: int | None = None,
+    ) -> PromoteOut:
+        """Put version ``ref`` (``ns/name@8``) on ``channel``: at once (``now``) or as a canary
+        rollout through ``steps`` (percent) every ``interval_seconds`` behind ``gates``.
+
+        The result is the channel (with its new revision) and the rollout, if one started.
+        Conflict (409) when the channel changed since ``expect_revision`` (read here when
+        None, see :mod:`registry.client._channels`), when a rollout is already active, or the
+        version is yanked.
+        """
+        canary = _channels.Canary(now, list(steps), interval_seconds, list(gates), max_failures,
+                                  deadline_seconds, min_requests, new_base)
+        return _channels.promote(self._http, ref, channel, canary, reason, expect_revision)
+
+    def rollback(self, ref: str, to: int | None = None, reason: str = "",
+                 expect_revision: int | None = None) -> ChannelOut:
+        """Make the previous stable version (or version ``to``) of channel ``ref`` stable
+        again, aborting a running canary, in one change. Same read-then-CAS as promote."""
+        return _channels.rollback(self._http, ref, to, reason, expect_revision)
+
+    def history(self, ref: str, limit: int | None = None) -> Iterator[ChannelEventOut]:
+        """Every change of channel ``ref``, newest first, following cursors."""
+        return _channels.history(self._http, ref, limit)
+
+    def pin_channel(self, ref: str) -> str:
+        """A channel reference ``ns/name:chan`` as the explicit ``ns/name@N`` of the
+        channel's stable version (NotFound if it has none); other references unchanged."""
+        return _channels.pin_channel(self._http, ref)
+
+    # -- rollouts and live metrics -------------------------------------------------------
+
+    def rollout(self, rollout_id: int) -> RolloutOut:
+        """One rollout: channel, version, status, steps, weight, gates, failures, ..."""
+        return _channels.rollout(self._http, rollout_id)
+
+    def rollout_evaluations(self, rollout_id: int) -> list[GateEvaluationOut]:
+        """Every gate evaluation of a rollout, oldest first."""
+        return _channels.rollout_evaluations(self._http, rollout_id)
+
+    def pause_rollout(self, rollout_id: int, reason: str = "") -> RolloutOut:
+        """Hold a rollout's canary at its current weight until resumed."""
+        return _channels.control(self._http, rollout_id, "pause", reason)
+
+    def resume_rollout(self, rollout_id: int, reason: str = "") -> RolloutOut:
+        """Resume a paused rollout; its current step bakes one more interval."""
+        return _channels.control(self._http, rollout_id, "resume", reason)
+
+    def abort_rollout(self, rollout_id: int, reason: str = "") -> RolloutOut:
+        """Abort a rollout: the canary weight drops to 0, the stable version keeps serving."""
+        return _channels.control(self._http, rollout_id, "abort", reason)
+
+    def wait_rollout(self, rollout_id: int, timeout: float | None = None,
+                     progress: Callable[[RolloutOut], object] | None = None) -> RolloutOut:
+        """Poll a rollout (every 0.2 s, backing off to 2 s) until it is promoted or aborted,
+        or ``timeout`` seconds have passed; return the last rollout seen (check its
+        ``status``). ``progress`` hears every poll."""
+        return _channels.wait_rollout(self._http, rollout_id, timeout, progress)
+
+    def report_live(self, reports: Sequence[Mapping[str, Any]]) -> int:
+        """Report live serving measurements, batched: each ``{adapter: "ns/name", version: 8,
+        requests: N, errors: M, values: {"latency_p95_ms": 123.0}}``. All or nothing; returns
+        how many were accepted. Not retried after it may have reached the server (a report
+        counted twice would skew the gates)."""
+        return _channels.report_live(self._http, reports)
+
+    # -- resolve -------------------------------------------------------------------------
+
+    def resolve(self, ref: str, key: str = "") -> Resolved:
+        """The version that serves request ``key`` on channel ``ref`` (sticky per key), the
+        name to send the engine, its files and ``etag`` (changes whenever the channel does)."""
+        return _channels.resolve(self._http, ref, key)
+
+    def resolve_batch(self, channel: str, items: Sequence[str | Mapping[str, str]]
+                      ) -> list[ResolveOut]:
+        """Resolve many adapters (or keys) on one channel in one call; ``items`` are adapter
+        names ``ns/name`` or ``{"adapter": "ns/name", "key": "user-1"}``. Answers in order."""
+        return _channels.resolve_batch(self._http, channel, items)
+
+    def resolve_namespace(self, namespace: str, channel: str = "prod") -> list[ChannelOut]:
+        """Every adapter's channel ``channel`` in a namespace (stable, canary, weight,
+        revision), so a serving host can preload them."""
+        return _channels.resolve_namespace(self._http, namespace, channel)
+
+    # -- operations ----------------------------------------------------------------------
+
+    def add_webhook(self, namespace: str, url: str, events: list[str], *,
+                    secret: str | None = None, allow_private: bool = False) -> WebhookOut:
+        """Subscribe ``url`` to ``events`` of ``namespace``; the answer holds the secret."""
+        return _ops.add_webhook(self._http, namespace, url, events, secret, allow_private)
+
+    def webhooks(self, namespace: str) -> list[WebhookOut]:
+        """The namespace's webhook subscriptions."""
+        return _ops.webhooks(self._http, namespace)
+
+    def remove_webhook(self, webhook_id: int) -> None:
+        """Deactivate a subscription (its deliveries stay inspectable)."""
+        _ops.remove_webhook(self._http, webhook_id)
+
+    def test_webhook(self, webhook_id: int) -> PingQueued:
+        """Queue a signed ``ping`` event for the subscription."""
+        return _ops.test_webhook(self._http, webhook_id)
+
+    def deliveries(self, webhook_id: int) -> list[DeliveryOut]:
+        """Recent deliveries of a subscription."""
+        return _ops.deliveries(self._http, webhook_id)
+
+    def redeliver(self, delivery_id: int) -> DeliveryOut:
+        """Send a delivery again (also a dead one)."""
+        return _ops.redeliver(self._http, delivery_id)
+
+    def gc(self, *, grace_seconds: int = 86400, dry_run: bool = True) -> GcReportOut:
+        """Collect unreferenced blobs older than the grace period (dry run by default)."""
+        return _ops.gc(self._http, grace_seconds, dry_run)
+
+    def set_retention(self, adapter: str, keep_last: int | None) -> AdapterOut:
+        """Keep the newest ``keep_last`` versions of ``adapter`` (None: keep all)."""
+        return _ops.set_retention(self._http, adapter, keep_last)
+
+    def apply_retention(self, *, dry_run: bool = True) -> RetentionReportOut:
+        """Yank versions beyond each adapter's retention (dry run by default)."""
+        return _ops.apply_retention(self._http, dry_run)
+
+    # -- serving pools -------------------------------------------------------------------
+
+    def pools(self, namespace: str | None = None) -> list[PoolOut]:
+        """Every pool the token may read (of ``namespace`` only, when given)."""
+        return _pools.pools(self._http, namespace)
+
+    def pool(self, name: str) -> PoolDetailOut:
+        """One pool ``ns/name``: its settings, bound ``channels`` and ``pinned`` versions."""
+        return _pools.pool(self._http, name)
+
+    def create_pool(
+        self, name: str, *, base: str, model_id: str, dtype: str, engine: str = "vllm",
+        served_model_name: str | None = None, architecture: str | None = None,
+        max_lora_rank: int = DEFAULT_MAX_LORA_RANK, max_loras: int = 1,
+        max_cpu_loras: int | None = None, target_modules: Sequence[str] | None = None,
+        max_adapter_memory: int | None = None, drain_seconds: int = 600,
+    ) -> PoolDetailOut:
+        """Create pool ``ns/name`` with its engines' settings (``vllm serve`` flags); needs
+        admin in the namespace. Conflict (409) if it exists."""
+        settings = _pools.PoolSettings(
+            engine, base, model_id, served_model_name, architecture, max_lora_rank, max_loras,
+            max_cpu_loras, dtype, list(target_modules) if target_modules is not None else None,
+            max_adapter_memory, drain_seconds)
+        return _pools.create_pool(self._http, name, settings)
+
+    def update_pool(self, name: str, clear: Sequence[str] = (), **changes: Any
+                    ) -> PoolDetailOut:
+        """Change settings (e.g. ``max_lora_rank=32``); ``clear`` unsets optional ones
+        (``target_modules``, ``architecture``, ``served_model_name``, ``max_adapter_memory``)."""
+        return _pools.update_pool(self._http, name, clear, changes)
+
+    def bind_pool(self, pool: str, channel: str) -> PoolDetailOut:
+        """Make ``pool`` serve channel ``ns/name:chan``; the pool afterwards."""
+        return _pools.bind_pool(self._http, pool, channel)
+
+    def unbind_pool(self, pool: str, channel: str) -> PoolDetailOut:
+        """Stop serving channel ``ns/name:chan`` from ``pool``; the pool afterwards."""
+        return _pools.bind_pool(self._http, pool, channel, bind=False)
+
+    def pin_pool(self, pool: str, ref: str) -> PoolDetailOut:
+        """Keep version ``ref`` (``ns/name@N``, or a channel's stable ``ns/name:chan``) in the
+        pool's desired set whatever its channels serve."""
+        return _pools.pin_pool(self._http, pool, ref)
+
+    def unpin_pool(self, pool: str, ref: str) -> PoolDetailOut:
+        """Release a pinned version ``ns/name@N`` of ``pool``."""
+        return _pools.pin_pool(self._http, pool, ref, pin=False)
+
+    def desired(self, pool: str) -> DesiredOut:
+        """The pool's desired set: each member's served name, sources, since when and verdict,
+        the set's own problems, and the versions that left it."""
+        return _pools.desired(self._http, pool)
+
+    def check_pool(self, ref: str, pool: str) -> PoolCheckOut:
+        """Could ``pool`` take version ``ref`` (``ns/name@N``, ``@latest`` or a channel's
+        stable ``ns/name:chan``)? Its served name, verdict and problems; no change."""
+        return _pools.check_pool(self._http, ref, pool)

@@ -1,57 +1,58 @@
-"""Client methods for operations: webhooks and their deliveries, garbage collection,
-retention."""
+"""Operations: webhooks and their deliveries, garbage collection, retention."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from registry.client._core import Core, adapter_path
+from registry.client._http import Http
+from registry.client._paths import adapter_path
+from registry.wire import (
+    AdapterOut,
+    DeliveryOut,
+    GcReportOut,
+    PingQueued,
+    RetentionReportOut,
+    WebhookOut,
+)
 
 
-class OpsMixin:
-    """Webhook, gc and retention methods of :class:`registry.client.Client`."""
+def add_webhook(http: Http, namespace: str, url: str, events: list[str], secret: str | None,
+                allow_private: bool) -> WebhookOut:
+    body: dict[str, Any] = {"url": url, "events": events, "allow_private": allow_private}
+    if secret is not None:
+        body["secret"] = secret
+    return http.post(f"/api/v1/namespaces/{namespace}/webhooks", body, WebhookOut)
 
-    def add_webhook(self: Core, namespace: str, url: str, events: list[str], *,
-                    secret: str | None = None, allow_private: bool = False) -> dict[str, Any]:
-        """Subscribe ``url`` to ``events`` of ``namespace``; the answer holds the secret."""
-        body: dict[str, Any] = {"url": url, "events": events, "allow_private": allow_private}
-        if secret is not None:
-            body["secret"] = secret
-        result: dict[str, Any] = self._post(f"/api/v1/namespaces/{namespace}/webhooks", body)
-        return result
 
-    def webhooks(self: Core, namespace: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._get(f"/api/v1/namespaces/{namespace}/webhooks")
-        return result
+def webhooks(http: Http, namespace: str) -> list[WebhookOut]:
+    return http.get_list(f"/api/v1/namespaces/{namespace}/webhooks", WebhookOut)
 
-    def remove_webhook(self: Core, webhook_id: int) -> None:
-        self._send("DELETE", f"/api/v1/webhooks/{webhook_id}")
 
-    def test_webhook(self: Core, webhook_id: int) -> dict[str, Any]:
-        """Queue a signed ``ping`` event for the subscription."""
-        result: dict[str, Any] = self._post(f"/api/v1/webhooks/{webhook_id}/test", {})
-        return result
+def remove_webhook(http: Http, webhook_id: int) -> None:
+    http.send("DELETE", f"/api/v1/webhooks/{webhook_id}")
 
-    def deliveries(self: Core, webhook_id: int) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._get(f"/api/v1/webhooks/{webhook_id}/deliveries")
-        return result
 
-    def redeliver(self: Core, delivery_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = self._post(f"/api/v1/deliveries/{delivery_id}/redeliver", {})
-        return result
+def test_webhook(http: Http, webhook_id: int) -> PingQueued:
+    return http.post(f"/api/v1/webhooks/{webhook_id}/test", {}, PingQueued)
 
-    def gc(self: Core, *, grace_seconds: int = 86400, dry_run: bool = True) -> dict[str, Any]:
-        """Collect unreferenced blobs older than the grace period (dry run by default)."""
-        result: dict[str, Any] = self._post(
-            "/api/v1/gc", {"grace_seconds": grace_seconds, "dry_run": dry_run})
-        return result
 
-    def set_retention(self: Core, adapter: str, keep_last: int | None) -> dict[str, Any]:
-        """Keep the newest ``keep_last`` versions of ``adapter`` (None: keep all)."""
-        result: dict[str, Any] = self._send(
-            "PUT", f"{adapter_path(adapter)}/retention", json={"keep_last": keep_last}).json()
-        return result
+def deliveries(http: Http, webhook_id: int) -> list[DeliveryOut]:
+    return http.get_list(f"/api/v1/webhooks/{webhook_id}/deliveries", DeliveryOut)
 
-    def apply_retention(self: Core, *, dry_run: bool = True) -> dict[str, Any]:
-        result: dict[str, Any] = self._post("/api/v1/retention", {"dry_run": dry_run})
-        return result
+
+def redeliver(http: Http, delivery_id: int) -> DeliveryOut:
+    return http.post(f"/api/v1/deliveries/{delivery_id}/redeliver", {}, DeliveryOut)
+
+
+def gc(http: Http, grace_seconds: int, dry_run: bool) -> GcReportOut:
+    body = {"grace_seconds": grace_seconds, "dry_run": dry_run}
+    return http.post("/api/v1/gc", body, GcReportOut)
+
+
+def set_retention(http: Http, adapter: str, keep_last: int | None) -> AdapterOut:
+    return http.call("PUT", f"{adapter_path(adapter)}/retention", AdapterOut,
+                     json={"keep_last": keep_last})
+
+
+def apply_retention(http: Http, dry_run: bool) -> RetentionReportOut:
+    return http.post("/api/v1/retention", {"dry_run": dry_run}, RetentionReportOut)

@@ -12,8 +12,9 @@
   to be of another size: :func:`corrupt_blob`); files not in the manifest are pruned; the
   folder is renamed to ``dest`` only when complete.
 
-The HTTP side (which URL, retries, ``Range`` headers) lives in :mod:`registry.client`; it hands
-:func:`download_folder` a :data:`Download` function that streams one blob into a :class:`Sink`.
+The HTTP side (which URL, retries, ``Range`` headers) lives in :mod:`registry.client._blobs`;
+it hands :func:`download_folder` a :data:`Download` function that streams one blob into a
+:class:`Sink`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 from registry import errors
 from registry.manifest import check_portable, normalize_path
+from registry.wire import FileOut
 
 CHUNK = 1024 * 1024
 SKIP_DIRS = frozenset({"__pycache__"})
@@ -332,7 +334,7 @@ Download = Callable[[str, Sink, int], None]
 
 
 def download_folder(
-    files: Sequence[Mapping[str, Any]], dest: Path, key: str, download: Download,
+    files: Sequence[FileOut], dest: Path, key: str, download: Download,
     report: Reporter, *, overwrite: bool = False,
 ) -> int:
     """Make ``dest`` hold exactly ``files`` (``{path, digest, size}``), verified; return the
@@ -341,16 +343,16 @@ def download_folder(
     check_dest(dest, overwrite)
     partial = dest.parent / f".{dest.name}.partial-{key}"
     partial.mkdir(parents=True, exist_ok=True)
-    report.start(sum(int(f["size"]) for f in files))
+    report.start(sum(f.size for f in files))
     downloaded = sum(fetch_file(f, partial, report, download) for f in files)
-    prune(partial, {normalize_path(f["path"]) for f in files})
+    prune(partial, {normalize_path(f.path) for f in files})
     install(partial, dest, overwrite)
     return downloaded
 
 
-def fetch_file(entry: Mapping[str, Any], root: Path, report: Reporter, download: Download) -> int:
+def fetch_file(entry: FileOut, root: Path, report: Reporter, download: Download) -> int:
     """Make ``root/<path>`` hold the verified file; return the bytes downloaded."""
-    path, digest, size = normalize_path(entry["path"]), entry["digest"], int(entry["size"])
+    path, digest, size = normalize_path(entry.path), entry.digest, entry.size
     target = root.joinpath(*path.split("/"))
     target.parent.mkdir(parents=True, exist_ok=True)
     if is_complete(target, digest, size):

@@ -41,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from registry.client import Client, Progress, sha256_file
+from registry.client import ChannelOut, Client, FileOut, Progress, sha256_file
 from registry.errors import Conflict
 from registry.refs import check_channel, check_namespace
 from registry.serving.drain import DrainState, due, utcnow
@@ -102,7 +102,7 @@ def export_channel(client: Client, namespace: str, channel: str, root: Path, *,
     result = ExportResult(namespace, channel, str(root), drain)
     with locked(store / LOCK):
         for chan in client.resolve_namespace(namespace, channel):
-            if chan["stable"] is not None:
+            if chan.stable is not None:
                 result.adapters.append(_export_one(client, chan, root, verify, progress))
         state = DrainState.load(store / STATE)
         try:
@@ -145,35 +145,35 @@ def _drain(root: Path, result: ExportResult, state: DrainState, drain: float,
             remove(entry)
 
 
-def _export_one(client: Client, chan: dict[str, Any], root: Path, verify: bool,
+def _export_one(client: Client, chan: ChannelOut, root: Path, verify: bool,
                 progress: Progress | None) -> Exported:
-    ref = f"{chan['adapter']}@{chan['stable']}"
+    ref = f"{chan.adapter}@{chan.stable}"
     version = client.version(ref)
-    name = chan["adapter"].split("/", 1)[1]
-    folder = f"{name}@{version['version']}-{version['manifest_digest'][:12]}"
-    item = Exported(chan["adapter"], name, ref, version["version"], version["manifest_digest"],
-                    version["status"], folder)
+    name = chan.adapter.split("/", 1)[1]
+    folder = f"{name}@{version.version}-{version.manifest_digest[:12]}"
+    item = Exported(chan.adapter, name, ref, version.version, version.manifest_digest,
+                    version.status, folder)
     target = root / STORE / folder
-    if not _intact(target, version["files"], deep=verify):
+    if not _intact(target, version.files, deep=verify):
         # Absent (or, only with --verify, damaged): download it; the pull is atomic and
         # verified, and replaces a damaged copy in one rename.
         pulled = client.pull(ref, target, progress=progress, overwrite=target.exists())
-        item.downloaded_bytes = int(pulled["downloaded_bytes"])
+        item.downloaded_bytes = pulled.downloaded_bytes
         make_read_only(target)
     item.switched = switch_link(root / name, f"{STORE}/{folder}")
     return item
 
 
-def _intact(folder: Path, files: list[dict[str, Any]], deep: bool) -> bool:
+def _intact(folder: Path, files: list[FileOut], deep: bool) -> bool:
     """The folder holds exactly these files with their sizes (and, if ``deep``, hashes)."""
     if not folder.is_dir() or folder.is_symlink():
         return False
     have = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    if have != {f["path"] for f in files}:
+    if have != {f.path for f in files}:
         return False
     for f in files:
-        path = folder / f["path"]
-        if path.stat().st_size != int(f["size"]) or (deep and sha256_file(path) != f["digest"]):
+        path = folder / f.path
+        if path.stat().st_size != f.size or (deep and sha256_file(path) != f.digest):
             return False
     return True
 

@@ -93,19 +93,18 @@ def fetch_desired(client: Client, pool: str) -> Desired:
     namespace, _ = parse_pool_name(pool)
     info, doc = client.pool(pool), client.desired(pool)
     members: dict[str, Member] = {}
-    for m in doc["members"]:
-        member = Member(m["served_name"], m["ref"], m["manifest_digest"],
-                        tuple(m.get("problems") or ()))
+    for m in doc.members:
+        member = Member(m.served_name, m.ref, m.manifest_digest, tuple(m.problems or ()))
         check_name(member.served_name, member.manifest_digest, namespace)
         known = members.setdefault(member.served_name, member)
         if known.manifest_digest != member.manifest_digest:
             raise two_digests(member.served_name, known.manifest_digest, member.manifest_digest)
     left: dict[str, datetime] = {}
-    for m in doc["left"]:
-        check_name(m["served_name"], m["manifest_digest"], namespace)
-        when = parse_time(m["removed_at"])
-        left[m["served_name"]] = max(left.get(m["served_name"], when), when)
-    return Desired(info["name"], namespace, info["model_id"], int(info["drain_seconds"]),
+    for m in doc.left:
+        check_name(m.served_name, m.manifest_digest, namespace)
+        when = parse_time(m.removed_at)
+        left[m.served_name] = max(left.get(m.served_name, when), when)
+    return Desired(info.name, namespace, info.model_id, info.drain_seconds,
                    members, left)
 
 
@@ -317,11 +316,11 @@ class PoolExport:
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         pulled = self.client.pull(member.ref, dest, progress=self.progress)
-        if pulled["manifest_digest"] != member.manifest_digest:
+        if pulled.manifest_digest != member.manifest_digest:
             raise two_digests(member.served_name, member.manifest_digest,
-                              pulled["manifest_digest"])
+                              pulled.manifest_digest)
         prepare(dest, member, desired)
-        return dest, int(pulled["downloaded_bytes"])
+        return dest, pulled.downloaded_bytes
 
     def _damaged(self, folder: Path, member: Member, sidecar: Sidecar, desired: Desired
                  ) -> bool:
@@ -329,7 +328,7 @@ class PoolExport:
         resized -- or, with ``verify``, re-hashing differently -- or another model id)?"""
         if sidecar.model_id != desired.model_id:
             return True
-        expected = {f["path"]: f for f in self.client.version(member.ref)["files"]}
+        expected = {f.path: f for f in self.client.version(member.ref).files}
         have = files_of(folder) - {SIDECAR}
         if have != set(expected) or sha256_file(folder / CONFIG) != sidecar.config_sha256:
             return True
@@ -337,8 +336,8 @@ class PoolExport:
             if path == CONFIG:
                 continue
             local = folder / path
-            if local.stat().st_size != int(f["size"]) or (
-                    self.verify and sha256_file(local) != f["digest"]):
+            if local.stat().st_size != f.size or (
+                    self.verify and sha256_file(local) != f.digest):
                 return True
         return False
 

@@ -286,6 +286,6 @@ def test_register_reports_every_phase_to_a_progress_bar(
         base = client.register_base(llama, "tiny/llama-phases", REV, upload=True, progress=bar)
     folder_bytes = sum(p.stat().st_size for p in llama.iterdir())
     assert [name for name, _ in bar.phases] == ["fingerprint", "hash", "upload"]
-    assert bar.phases[0][1] == base["total_bytes"] and bar.phases[1][1] == folder_bytes
-    assert bar.n == bar.phases[2][1] == base["uploaded_bytes"]
-    assert {f["path"] for f in base["files"]} == {p.name for p in llama.iterdir()}
+    assert bar.phases[0][1] == base.total_bytes and bar.phases[1][1] == folder_bytes
+    assert bar.n == bar.phases[2][1] == base.uploaded_bytes
+    assert {f.path for f in base.files} == {p.name for p in llama.iterdir()}

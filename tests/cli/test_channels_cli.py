@@ -315,15 +315,15 @@ def test_client_reads_the_revision_it_compares_and_swaps(server: LiveServer, cli
     v1, v2 = stable_on_prod(cli, "acme/cas")
     with Client(server.url, server.admin_token) as a, Client(server.url,
                                                              server.admin_token) as b:
-        seen = a.channel("acme/cas:prod")["revision"]
+        seen = a.channel("acme/cas:prod").revision
         b.promote(f"acme/cas@{v2}", "prod", now=True)
         with pytest.raises(Conflict, match="revision"):
             a.promote(f"acme/cas@{v1}", "prod", now=True, expect_revision=seen)
         with pytest.raises(Conflict):
             a.rollback("acme/cas:prod", expect_revision=seen)
         # A channel that does not exist yet is expected at revision 0 (its first revision).
-        created = a.promote(f"acme/cas@{v1}", "canary-2", now=True)["channel"]
-        assert created["revision"] == 1
+        created = a.promote(f"acme/cas@{v1}", "canary-2", now=True).channel
+        assert created.revision == 1
         with pytest.raises(Conflict):
             b.promote(f"acme/cas@{v2}", "canary-2", now=True, expect_revision=0)
 
@@ -332,8 +332,8 @@ def test_reader_token_reports_live_only_for_its_namespace(server: LiveServer, cl
     """Routers resolve with reader tokens, and report with them (README: roles)."""
     v1 = cli.push("acme/readonly", "1")
     with Client(server.url, server.admin_token) as admin:
-        own = admin.create_token("reader-live", "reader", namespace="acme")["token"]
-        other = admin.create_token("reader-other", "reader", namespace="globex")["token"]
+        own = admin.create_token("reader-live", "reader", namespace="acme").token
+        other = admin.create_token("reader-other", "reader", namespace="globex").token
     sample = {"adapter": "acme/readonly", "version": v1, "requests": 10, "errors": 1}
     with Client(server.url, own) as reader:
         assert reader.report_live([sample]) == 1

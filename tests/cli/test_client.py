@@ -18,10 +18,11 @@ import pytest
 from registry import client as client_mod
 from registry import errors
 from registry.client import Client, RetryPolicy, iter_folder, parse_retry_after, scan_folder
-from registry.client import _client as client_impl
+from registry.client import _http as client_http
 from registry.client import _transfer as transfer
 from tests.cli.conftest import BASE, variant
 from tests.fixtures.server import LiveServer, base_env, bootstrap_admin, start_uvicorn
+from tests.fixtures.wire import version_doc
 
 # ----------------------------------------------------------------------------- local files
 
@@ -113,7 +114,7 @@ def test_get_retries_5xx_and_honours_retry_after() -> None:
         return httpx.Response(200, json={"version": "9"})
 
     sleeps: list[float] = []
-    assert _mock_client(handler, sleeps).server_version() == {"version": "9"}
+    assert _mock_client(handler, sleeps).server_version().version == "9"
     assert calls == ["Bearer lrg_x_y"] * 3
     assert sleeps[0] == 3.0 and 0.25 <= sleeps[1] <= 1.0
 
@@ -130,13 +131,14 @@ def test_non_idempotent_call_is_not_retried_on_5xx_but_is_on_429() -> None:
     statuses = [500, 429, 201]
 
     def handler(_r: httpx.Request) -> httpx.Response:
-        return httpx.Response(statuses.pop(0), json={"name": "acme"})
+        return httpx.Response(statuses.pop(0), json={
+            "name": "acme", "description": "", "created_at": "2026-01-01T00:00:00Z"})
 
     sleeps: list[float] = []
     with pytest.raises(errors.RegistryError) as info:
         _mock_client(handler, sleeps).create_namespace("acme")
     assert info.value.exit_code == 6 and sleeps == []
-    assert _mock_client(handler, sleeps).create_namespace("acme") == {"name": "acme"}
+    assert _mock_client(handler, sleeps).create_namespace("acme").name == "acme"
     assert len(sleeps) == 1
 
 
@@ -193,7 +195,7 @@ def test_retried_upload_takes_back_progress(tmp_path: Path) -> None:
 
     increments: list[int] = []
     c = _mock_client(handler, [])
-    assert c.upload_blob(file, increments.append)["size"] == 3000
+    assert c.upload_blob(file, increments.append).size == 3000
     assert bodies == [data, data]
     assert sum(increments) == 3000 and -3000 in increments
 
@@ -230,8 +232,7 @@ class BlobServer:
     def version(self) -> dict[str, Any]:
         entries = [{"path": p, "digest": hashlib.sha256(d).hexdigest(), "size": len(d)}
                    for p, d in self.files.items()]
-        return {"ref": "acme/bot@1", "version": 1, "manifest_digest": "ab" * 32,
-                "files": entries, "status": "active", "total_size": 0}
+        return version_doc(entries, total_size=0)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if "/versions/" in request.url.path:
@@ -269,7 +270,7 @@ def test_pull_resumes_a_partial_file(tmp_path: Path, honour_range: bool) -> None
     assert sorted(p.name for p in dest.iterdir()) == ["cfg.json", "w.bin"]
     assert not partial.exists()
     assert server.ranges == ["bytes=1200-"]
-    assert result["downloaded_bytes"] == (3800 if honour_range else 5000)
+    assert result.downloaded_bytes == (3800 if honour_range else 5000)
     assert bar.total == len(big) + len(small) and bar.n == bar.total
 
 
@@ -301,7 +302,7 @@ def test_pull_resumes_after_the_connection_drops_mid_file(tmp_path: Path) -> Non
     result = _mock_client(handler, sleeps).pull("acme/bot@1", tmp_path / "out")
     assert (tmp_path / "out" / "w.bin").read_bytes() == data
     assert server.ranges == [None, "bytes=1000-"]
-    assert result["downloaded_bytes"] == 4096 and len(sleeps) == 1
+    assert result.downloaded_bytes == 4096 and len(sleeps) == 1
 
 
 def test_pull_replaces_a_wrong_complete_file(tmp_path: Path) -> None:
@@ -337,9 +338,9 @@ def test_pull_refuses_paths_escaping_the_folder(tmp_path: Path) -> None:
 
 
 def test_service_endpoints(client: Client) -> None:
-    assert client.health()["status"]
-    assert client.server_version()["version"]
-    assert client.whoami()["role"] == "admin"
+    assert client.health().status
+    assert client.server_version().version
+    assert client.whoami().role == "admin"
 
 
 def test_push_uploads_missing_blobs_then_nothing(client: Client, adapter_dir: Path) -> None:
@@ -348,19 +349,19 @@ def test_push_uploads_missing_blobs_then_nothing(client: Client, adapter_dir: Pa
     first = client.push(adapter_dir, "acme/bot", BASE, metrics={"accuracy": 0.9},
                         labels={"task": "qa"}, provenance={"git_commit": "abc123"},
                         description="demo", progress=bar)
-    assert first["created"] is True and first["ref"] == "acme/bot@1"
-    assert first["uploaded_bytes"] == total == bar.total == bar.n
-    assert sorted(f["path"] for f in first["files"]) == sorted(
+    assert first.created is True and first.ref == "acme/bot@1"
+    assert first.uploaded_bytes == total == bar.total == bar.n
+    assert sorted(f.path for f in first.files) == sorted(
         p.name for p in adapter_dir.iterdir())
-    assert first["metrics"] == {"accuracy": 0.9}
-    assert first["labels"] == {"task": "qa"}
-    assert first["provenance"]["git_commit"] == "abc123"
+    assert first.metrics == {"accuracy": 0.9}
+    assert first.labels == {"task": "qa"}
+    assert first.provenance["git_commit"] == "abc123"
 
     again = client.push(adapter_dir, "acme/bot", BASE)
-    assert again["created"] is False
-    assert again["uploaded_bytes"] == 0 and again["uploaded_digests"] == []
-    assert again["version"] == 1
-    assert again["manifest_digest"] == first["manifest_digest"]
+    assert again.created is False
+    assert again.uploaded_bytes == 0 and again.uploaded_digests == []
+    assert again.version == 1
+    assert again.manifest_digest == first.manifest_digest
 
 
 def test_push_of_changed_folder_uploads_only_the_new_file(
@@ -368,9 +369,9 @@ def test_push_of_changed_folder_uploads_only_the_new_file(
 ) -> None:
     client.push(adapter_dir, "acme/bot", BASE)
     second = client.push(variant(adapter_dir, "b"), "acme/bot", BASE)
-    assert second["created"] is True and second["version"] == 2
+    assert second.created is True and second.version == 2
     notes = hashlib.sha256((adapter_dir / "notes.txt").read_bytes()).hexdigest()
-    assert second["uploaded_digests"] == [notes]
+    assert second.uploaded_digests == [notes]
 
 
 def test_pull_roundtrip_is_verified_and_atomic(
@@ -382,8 +383,8 @@ def test_pull_roundtrip_is_verified_and_atomic(
     dest = tmp_path / "pulled"
     bar = FakeBar()
     pulled = client.pull("acme/bot@latest", dest, progress=bar)
-    assert pulled["version"] == pushed["version"]
-    assert pulled["downloaded_bytes"] == pushed["total_size"] == bar.total == bar.n
+    assert pulled.version == pushed.version
+    assert pulled.downloaded_bytes == pushed.total_size == bar.total == bar.n
     for rel, src in iter_folder(adapter_dir):
         assert (dest / rel).read_bytes() == src.read_bytes()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -394,7 +395,7 @@ def test_pull_resumes_from_an_interrupted_download(
 ) -> None:
     pushed = client.push(adapter_dir, "acme/bot", BASE)
     dest = tmp_path / "pulled"
-    partial = tmp_path / f".pulled.partial-{pushed['manifest_digest'][:12]}"
+    partial = tmp_path / f".pulled.partial-{pushed.manifest_digest[:12]}"
     partial.mkdir()
     weights = (adapter_dir / "adapter_model.safetensors").read_bytes()
     (partial / "adapter_model.safetensors").write_bytes(weights[:1000])
@@ -402,7 +403,7 @@ def test_pull_resumes_from_an_interrupted_download(
     (partial / "adapter_config.json").write_bytes(config)
     pulled = client.pull("acme/bot@1", dest)
     assert (dest / "adapter_model.safetensors").read_bytes() == weights
-    assert pulled["downloaded_bytes"] == pushed["total_size"] - 1000 - len(config)
+    assert pulled.downloaded_bytes == pushed.total_size - 1000 - len(config)
     assert not partial.exists()
 
 
@@ -443,27 +444,27 @@ def test_lists_follow_cursors(
         client.push(variant(adapter_dir, tag), "acme/bot", BASE,
                     metrics={"accuracy": {"a": 0.5, "b": 0.9, "c": 0.7}[tag]})
     client.push(adapter_dir, "other/bot", BASE)
-    monkeypatch.setattr(client_impl, "PAGE_SIZE", 1)
-    assert [v["version"] for v in client.versions("acme/bot")] == [3, 2, 1]
-    assert [v["version"] for v in client.versions("acme/bot", limit=2)] == [3, 2]
-    assert [v["version"] for v in client.versions(
+    monkeypatch.setattr(client_http, "PAGE_SIZE", 1)
+    assert [v.version for v in client.versions("acme/bot")] == [3, 2, 1]
+    assert [v.version for v in client.versions("acme/bot", limit=2)] == [3, 2]
+    assert [v.version for v in client.versions(
         "acme/bot", metric_filters=["accuracy>=0.7"], sort="metric.accuracy", order="desc",
     )] == [2, 3]
-    assert {a["name"] for a in client.adapters()} == {"acme/bot", "other/bot"}
-    assert [a["name"] for a in client.adapters(namespace="other")] == ["other/bot"]
-    assert {v["adapter"] for v in client.versions(namespace="acme")} == {"acme/bot"}
-    assert {n["name"] for n in client.namespaces()} >= {"acme", "other"}
+    assert {a.name for a in client.adapters()} == {"acme/bot", "other/bot"}
+    assert [a.name for a in client.adapters(namespace="other")] == ["other/bot"]
+    assert {v.adapter for v in client.versions(namespace="acme")} == {"acme/bot"}
+    assert {n.name for n in client.namespaces()} >= {"acme", "other"}
 
 
 def test_adapter_labels_and_description(client: Client, adapter_dir: Path) -> None:
     client.push(adapter_dir, "acme/bot", BASE)
     updated = client.update_adapter("acme/bot", description="support bot",
                                     labels={"team": "nlp", "tier": "1"})
-    assert updated["labels"] == {"team": "nlp", "tier": "1"}
+    assert updated.labels == {"team": "nlp", "tier": "1"}
     updated = client.update_adapter("acme/bot", remove_labels=["tier"])
-    assert updated["labels"] == {"team": "nlp"}
-    assert client.adapter("acme/bot")["description"] == "support bot"
-    assert [a["name"] for a in client.adapters(label={"team": "nlp"})] == ["acme/bot"]
+    assert updated.labels == {"team": "nlp"}
+    assert client.adapter("acme/bot").description == "support bot"
+    assert [a.name for a in client.adapters(label={"team": "nlp"})] == ["acme/bot"]
     assert list(client.adapters(label=["team=cv"])) == []
 
 
@@ -471,36 +472,36 @@ def test_metrics_log_and_history(client: Client, adapter_dir: Path) -> None:
     client.push(adapter_dir, "acme/bot", BASE, metrics=[{"key": "loss", "value": 2.0}])
     client.log_metrics("acme/bot@1", {"loss": 1.5, "bleu": 30.0}, dataset="wmt", split="test")
     history = client.metric_history("acme/bot")
-    assert [(m["key"], m["value"]) for m in history] == [
+    assert [(m.key, m.value) for m in history] == [
         ("loss", 2.0), ("loss", 1.5), ("bleu", 30.0)]
-    assert {m["dataset"] for m in history if m["value"] != 2.0} == {"wmt"}
-    assert client.version("acme/bot@1")["metrics"] == {"loss": 1.5, "bleu": 30.0}
+    assert {m.dataset for m in history if m.value != 2.0} == {"wmt"}
+    assert client.version("acme/bot@1").metrics == {"loss": 1.5, "bleu": 30.0}
 
 
 def test_yank_moves_latest_and_unyank_restores(client: Client, adapter_dir: Path) -> None:
     client.push(adapter_dir, "acme/bot", BASE)
     client.push(variant(adapter_dir, "b"), "acme/bot", BASE)
     yanked = client.yank("acme/bot@2", "regression")
-    assert yanked["status"] == "yanked" and yanked["yank_reason"] == "regression"
-    assert client.version("acme/bot@latest")["version"] == 1
-    assert client.version("acme/bot@2")["status"] == "yanked"
-    assert client.unyank("acme/bot@2")["status"] == "active"
-    assert client.version("acme/bot")["version"] == 2
+    assert yanked.status == "yanked" and yanked.yank_reason == "regression"
+    assert client.version("acme/bot@latest").version == 1
+    assert client.version("acme/bot@2").status == "yanked"
+    assert client.unyank("acme/bot@2").status == "active"
+    assert client.version("acme/bot").version == 2
 
 
 def test_tokens_roles_and_revocation(
     client: Client, live_server: LiveServer, adapter_dir: Path,
 ) -> None:
     created = client.create_token("ci-reader", "reader", namespace="acme", expires_in_days=7)
-    assert created["token"].startswith("lrg_") and created["namespace"] == "acme"
-    listed = {t["id"]: t for t in client.tokens()}
-    assert listed[created["id"]].get("token") is None
-    with Client(live_server.url, created["token"]) as reader:
-        assert reader.whoami()["role"] == "reader"
+    assert (created.token or "").startswith("lrg_") and created.namespace == "acme"
+    listed = {t.id: t for t in client.tokens()}
+    assert listed[created.id].token is None
+    with Client(live_server.url, created.token) as reader:
+        assert reader.whoami().role == "reader"
         with pytest.raises(errors.PermissionDenied) as denied:
             reader.push(adapter_dir, "acme/bot", BASE)
         assert denied.value.exit_code == 5
-        client.revoke_token(created["id"])
+        client.revoke_token(created.id)
         with pytest.raises(errors.Unauthenticated):
             reader.whoami()
 
@@ -508,9 +509,9 @@ def test_tokens_roles_and_revocation(
 def test_audit_records_pushes_and_yanks(client: Client, adapter_dir: Path) -> None:
     client.push(adapter_dir, "acme/bot", BASE)
     client.yank("acme/bot@1", "bad")
-    actions = [e["action"] for e in client.audit(namespace="acme")]
+    actions = [e.action for e in client.audit(namespace="acme")]
     assert "version.pushed" in actions and "version.yanked" in actions
-    assert [e["action"] for e in client.audit(target="acme/bot@1", action="version.yanked")] == [
+    assert [e.action for e in client.audit(target="acme/bot@1", action="version.yanked")] == [
         "version.yanked"]
     assert len(list(client.audit(limit=1))) == 1
 
@@ -544,19 +545,19 @@ def test_pull_follows_presigned_redirects_and_resumes_there(
 ) -> None:
     with Client(presigning_server.url, presigning_server.admin_token) as c:
         pushed = c.push(adapter_dir, "acme/bot", BASE)
-        weights = pushed["files"][[f["path"] for f in pushed["files"]].index(
+        weights = pushed.files[[f.path for f in pushed.files].index(
             "adapter_model.safetensors")]
-        raw = httpx.get(f"{presigning_server.url}/api/v1/blobs/{weights['digest']}",
+        raw = httpx.get(f"{presigning_server.url}/api/v1/blobs/{weights.digest}",
                         headers={"Authorization": f"Bearer {presigning_server.admin_token}"})
         assert raw.status_code == 307
         assert not raw.headers["location"].startswith(presigning_server.url)
 
-        partial = tmp_path / f".pulled.partial-{pushed['manifest_digest'][:12]}"
+        partial = tmp_path / f".pulled.partial-{pushed.manifest_digest[:12]}"
         partial.mkdir()
         data = (adapter_dir / "adapter_model.safetensors").read_bytes()
         (partial / "adapter_model.safetensors").write_bytes(data[:777])
         pulled = c.pull("acme/bot@1", tmp_path / "pulled")
-    assert pulled["downloaded_bytes"] == pushed["total_size"] - 777
+    assert pulled.downloaded_bytes == pushed.total_size - 777
     for rel, src in iter_folder(adapter_dir):
         assert (tmp_path / "pulled" / rel).read_bytes() == src.read_bytes()
 
@@ -576,7 +577,7 @@ def test_readme_python_client_example_runs(live_server: LiveServer, adapter_dir:
     monkeypatch.chdir(work)
     namespace: dict[str, Any] = {"token": live_server.admin_token}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
-    assert [v["ref"] for v in namespace["good"]] == ["acme/support-bot@1"]
+    assert [v.ref for v in namespace["good"]] == ["acme/support-bot@1"]
     assert sorted(p.name for p in (work / "adapter").iterdir()) == sorted(
         p.name for p in adapter_dir.iterdir())
     assert "2 version acme/support-bot@99 not found" in capsys.readouterr().out

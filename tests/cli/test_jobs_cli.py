@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from cli.main import main
 from cli.params import parse_duration
 from registry import errors
-from registry.client import Client, job_error
+from registry.client import Client, JobOut, job_error
 from tests.cli.helpers import uvicorn_server
 from tests.fixtures.models import TinyModels
 from tests.fixtures.server import LiveServer
@@ -41,10 +41,13 @@ def test_parse_duration_refuses_nonsense(text: str) -> None:
         parse_duration(text)
 
 
-def _job(status: str, **over: Any) -> dict[str, Any]:
-    return {"id": 7, "kind": "merge", "target": "acme/bot@1", "status": status, "progress": 0.5,
-            "progress_message": "merging", "attempts": 1, "max_attempts": 3, "error": None,
-            **over}
+def _job(status: str, **over: Any) -> JobOut:
+    return JobOut.model_validate({
+        "id": 7, "kind": "merge", "target": "acme/bot@1", "status": status, "progress": 0.5,
+        "progress_message": "merging", "attempts": 1, "max_attempts": 3, "error": None,
+        "error_code": None, "namespace": "acme", "payload": {}, "result": None,
+        "worker_id": None, "cancel_requested": False, "created_by": "admin",
+        "created_at": "2026-01-01T00:00:00Z", "started_at": None, "finished_at": None, **over})
 
 
 def test_job_error_maps_outcomes_to_exit_codes() -> None:
@@ -69,23 +72,23 @@ def test_wait_job_backs_off_and_reports_every_poll() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/api/v1/jobs/7"
-        return httpx.Response(200, json=_job(statuses.pop(0)))
+        return httpx.Response(200, json=_job(statuses.pop(0)).model_dump(mode="json"))
 
     sleeps: list[float] = []
     seen: list[str] = []
     with Client("http://registry.test", transport=httpx.MockTransport(handler)) as c:
         c.sleep = sleeps.append
-        final = c.wait_job(7, progress=lambda j: seen.append(j["status"]))
-    assert final["status"] == "succeeded" and seen[-1] == "succeeded" and len(seen) == 5
+        final = c.wait_job(7, progress=lambda j: seen.append(j.status))
+    assert final.status == "succeeded" and seen[-1] == "succeeded" and len(seen) == 5
     assert sleeps == pytest.approx([0.2, 0.3, 0.45, 0.675])
 
 
 def test_wait_job_returns_the_running_job_when_the_timeout_passes() -> None:
     def handler(_request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=_job("running"))
+        return httpx.Response(200, json=_job("running").model_dump(mode="json"))
 
     with Client("http://registry.test", transport=httpx.MockTransport(handler)) as c:
-        assert c.wait_job(7, timeout=0.3)["status"] == "running"
+        assert c.wait_job(7, timeout=0.3).status == "running"
 
 
 def test_usage_errors_exit_1() -> None:
@@ -144,8 +147,8 @@ def pushed(server: LiveServer, tiny_models: TinyModels) -> str:
                 fingerprint_cache_path=Path(server.env["LORAREG_FINGERPRINT_CACHE"])) as c:
         c.register_base(base, "tiny/llama", REV)
         version = c.push(adapter, "acme/queued-bot", f"tiny/llama@{REV}")
-    assert version["base"]["compat_status"] == "verified"
-    return str(version["ref"])
+    assert version.base.compat_status == "verified"
+    return str(version.ref)
 
 
 def test_queued_merge_is_joined_times_out_and_cancels(cli: Run, pushed: str,

@@ -61,7 +61,7 @@ def test_64_concurrent_pushes_over_two_processes_get_1_to_64(
 
     def push(i: int) -> int:
         with Client(apis[i % 2].url, token, timeout=120) as client:
-            return int(client.push(str(folders[i]), "acme/bot", base="tiny/llama@abc")["version"])
+            return int(client.push(str(folders[i]), "acme/bot", base="tiny/llama@abc").version)
 
     with ThreadPoolExecutor(max_workers=64) as pool:
         numbers = list(pool.map(push, range(64)))

@@ -43,7 +43,7 @@ def push_versions(client: Client, tiny_models: TinyModels, tmp_path: Path, adapt
         shutil.copytree(source, folder)
         (folder / "notes.txt").write_text(f"{adapter} version {i}\n")
         version = client.push(folder, adapter, "tiny/llama@r1", metrics={"accuracy": 0.9})
-        pushed.append((int(version["version"]), folder))
+        pushed.append((int(version.version), folder))
     return pushed
 
 
@@ -56,25 +56,25 @@ def test_promotion_through_a_is_resolved_by_b_within_a_second(
     (v1, _), (v2, folder2) = push_versions(a, tiny_models, tmp_path, "e2e/bot", 2)
     a.promote(f"e2e/bot@{v1}", "prod", now=True)
     before = b.resolve("e2e/bot:prod", key="user-1")  # B now holds v1 in its cache
-    assert before["version"] == v1 and before["etag"]
+    assert before.version == v1 and before.etag
 
     a.promote(f"e2e/bot@{v2}", "prod", now=True)
     promoted_at = time.monotonic()
-    while (answer := b.resolve("e2e/bot:prod", key="user-1"))["version"] != v2:
+    while (answer := b.resolve("e2e/bot:prod", key="user-1")).version != v2:
         assert time.monotonic() - promoted_at < 1.0, "B still serves the old version"
         time.sleep(0.01)
     assert time.monotonic() - promoted_at < 1.0
-    assert answer["etag"] and answer["etag"] != before["etag"]
-    assert answer["ref"] == f"e2e/bot@{v2}" and answer["canary"] is False
+    assert answer.etag and answer.etag != before.etag
+    assert answer.ref == f"e2e/bot@{v2}" and answer.canary is False
 
     # Every file URL downloads exactly the pushed bytes.
     headers = {"Authorization": f"Bearer {live_server.admin_token}"}
-    assert {f["path"] for f in answer["files"]} == {
+    assert {f.path for f in answer.files} == {
         p.name for p in folder2.iterdir() if p.is_file()}
-    for f in answer["files"]:
-        body = httpx.get(f["url"], headers=headers, timeout=10).raise_for_status().content
-        assert hashlib.sha256(body).hexdigest() == f["digest"]
-        assert body == (folder2 / f["path"]).read_bytes() and len(body) == f["size"]
+    for f in answer.files:
+        body = httpx.get(f.url, headers=headers, timeout=10).raise_for_status().content
+        assert hashlib.sha256(body).hexdigest() == f.digest
+        assert body == (folder2 / f.path).read_bytes() and len(body) == f.size
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -87,14 +87,14 @@ def test_batch_namespace_and_sticky_keys_agree_across_replicas(
     a.promote(f"e2e/sticky@{s1}", "prod", now=True)
     a.promote(f"e2e/other@{o1}", "prod", now=True)
     rollout = a.promote(f"e2e/sticky@{s2}", "prod", steps=[50, 100], interval_seconds=3600
-                        )["rollout"]
-    assert rollout["weight_bp"] == 5000
+                        ).rollout
+    assert rollout is not None and rollout.weight_bp == 5000
 
     keys = [f"user-{i}" for i in range(200)]
     time.sleep(0.6)  # past B's snapshot TTL: both replicas see the canary
-    on_a = {k: a.resolve("e2e/sticky:prod", key=k)["version"] for k in keys}
-    on_b = {k: b.resolve("e2e/sticky:prod", key=k)["version"] for k in keys}
-    again = {k: b.resolve("e2e/sticky:prod", key=k)["version"] for k in keys}
+    on_a = {k: a.resolve("e2e/sticky:prod", key=k).version for k in keys}
+    on_b = {k: b.resolve("e2e/sticky:prod", key=k).version for k in keys}
+    again = {k: b.resolve("e2e/sticky:prod", key=k).version for k in keys}
     assert on_a == on_b == again  # one key, one version, whichever replica answers
     share = sum(v == s2 for v in on_a.values()) / len(keys)
     assert set(on_a.values()) == {s1, s2} and 0.3 < share < 0.7, share
@@ -102,13 +102,13 @@ def test_batch_namespace_and_sticky_keys_agree_across_replicas(
     items = [{"adapter": "e2e/sticky", "key": k} for k in keys[:50]] + ["e2e/other"]
     for client in (a, b):
         batch = client.resolve_batch("prod", items)
-        assert [r["version"] for r in batch[:50]] == [on_a[k] for k in keys[:50]]
-        assert all(r["canary"] == (r["version"] == s2) for r in batch[:50])
-        assert (batch[-1]["adapter"], batch[-1]["version"]) == ("e2e/other", o1)
-        assert all(f["url"] for r in batch for f in r["files"])
+        assert [r.version for r in batch[:50]] == [on_a[k] for k in keys[:50]]
+        assert all(r.canary == (r.version == s2) for r in batch[:50])
+        assert (batch[-1].adapter, batch[-1].version) == ("e2e/other", o1)
+        assert all(f.url for r in batch for f in r.files)
 
-        listed = {c["adapter"]: c for c in client.resolve_namespace("e2e", "prod")}
+        listed = {c.adapter: c for c in client.resolve_namespace("e2e", "prod")}
         assert set(listed) == {"e2e/sticky", "e2e/other"}
-        assert (listed["e2e/sticky"]["stable"], listed["e2e/sticky"]["canary"],
-                listed["e2e/sticky"]["canary_weight_bp"]) == (s1, s2, 5000)
-        assert listed["e2e/other"]["stable"] == o1
+        assert (listed["e2e/sticky"].stable, listed["e2e/sticky"].canary,
+                listed["e2e/sticky"].canary_weight_bp) == (s1, s2, 5000)
+        assert listed["e2e/other"].stable == o1

@@ -314,4 +314,4 @@ def test_the_client_waits_retry_after_and_pushes_once_a_slot_is_free(
             holder.close()
     assert waited == [5.0]  # Retry-After, not the client's own back-off
     assert finished == [201]
-    assert pushed["created"] is True
+    assert pushed.created is True

@@ -16,6 +16,7 @@ import pytest
 from registry import errors
 from registry.client import Client, body_chunks
 from registry.client import _transfer as transfer
+from tests.fixtures.wire import version_doc
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -60,8 +61,7 @@ class Server:
 
     def version(self) -> dict[str, Any]:
         files = [{"path": "w.bin", "digest": self.digest, "size": len(self.data)}]
-        return {"ref": "acme/bot@1", "version": 1, "manifest_digest": "cd" * 32,
-                "files": files, "status": "active", "total_size": len(self.data)}
+        return version_doc(files, manifest_digest="cd" * 32)
 
 
 def client(server: Server) -> Client:
@@ -78,7 +78,7 @@ def test_pull_resumes_twice_at_exactly_the_bytes_written(tmp_path: Path) -> None
     result = client(server).pull("acme/bot@1", tmp_path / "out", progress=heard.append)
     assert (tmp_path / "out" / "w.bin").read_bytes() == data
     assert server.ranges == [None, f"bytes={cuts[0]}-", f"bytes={cuts[1]}-"]
-    assert result["downloaded_bytes"] == len(data)
+    assert result.downloaded_bytes == len(data)
     assert sum(heard) == len(data)
 
 

@@ -21,6 +21,7 @@ import pytest
 from registry import errors
 from registry.client import Client
 from registry.client._transport import READ_SIZE, URLLib3Transport
+from tests.fixtures.wire import version_doc
 
 MIB = 1024 * 1024
 
@@ -50,8 +51,7 @@ class Blobs(ThreadingHTTPServer):
 
     def version(self) -> dict[str, Any]:
         files = [{"path": "w.bin", "digest": self.digest, "size": len(self.data)}]
-        return {"ref": "acme/bot@1", "version": 1, "manifest_digest": "ab" * 32,
-                "files": files, "status": "active", "total_size": len(self.data)}
+        return version_doc(files)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -142,8 +142,8 @@ def blob_requests(server: Blobs) -> list[dict[str, Any]]:
 
 def test_client_uses_the_urllib3_transport_for_blob_bodies_only(blobs: Blobs) -> None:
     with client(blobs) as c:
-        assert isinstance(c._blob_http._transport, URLLib3Transport)
-        assert not isinstance(c._http._transport, URLLib3Transport)
+        assert isinstance(c._http.blobs._transport, URLLib3Transport)
+        assert not isinstance(c._http.api._transport, URLLib3Transport)
 
 
 def test_pull_and_keep_alive(blobs: Blobs, tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_bodies_cut_short_resume_at_the_bytes_on_disk(blobs: Blobs, tmp_path: Pa
     assert (tmp_path / "out" / "w.bin").read_bytes() == blobs.data
     assert [r["range"] for r in blob_requests(blobs)] == [None, f"bytes={cuts[0]}-",
                                                           f"bytes={cuts[1]}-"]
-    assert result["downloaded_bytes"] == len(blobs.data) and sum(heard) == len(blobs.data)
+    assert result.downloaded_bytes == len(blobs.data) and sum(heard) == len(blobs.data)
     # A connection whose body was cut is never reused.
     assert blobs.connections == 1 + 3
 

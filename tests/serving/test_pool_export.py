@@ -106,14 +106,13 @@ class Reg:
                               extra=extra)
         for name, data in files.items():
             (folder / name).write_bytes(data)
-        return int(self.client.push(folder, f"{self.ns}/{adapter}", BASE)["version"])
+        return int(self.client.push(folder, f"{self.ns}/{adapter}", BASE).version)
 
     def exporter(self, root: Path, clock: Clock | None = None, **kw: Any) -> PoolExport:
         return PoolExport(self.client, self.pool, root, clock=clock or Clock(), **kw)
 
     def served(self, number: int, adapter: str = "bot") -> str:
-        return str(self.client.check_pool(f"{self.ns}/{adapter}@{number}",
-                                          self.pool)["served_name"])
+        return self.client.check_pool(f"{self.ns}/{adapter}@{number}", self.pool).served_name
 
     def cli(self, *args: str, token: str | None = None) -> Result:
         env = {**self.server.env, **({"LORAREG_TOKEN": token} if token else {})}
@@ -185,9 +184,9 @@ def test_every_desired_version_gets_an_immutable_folder_vllm_accepts(reg: Reg, t
         sidecar = Sidecar.read(folder)
         assert sidecar is not None and sidecar.pool == reg.pool
         assert sidecar.ref == f"{reg.ns}/bot@{number}" and sidecar.served_name == name
-        assert sidecar.manifest_digest == version["manifest_digest"]
+        assert sidecar.manifest_digest == version.manifest_digest
         assert sidecar.original_base_model_name_or_path == "tiny/llama"
-        registry = {f["path"]: f["digest"] for f in version["files"]}
+        registry = {f.path: f.digest for f in version.files}
         assert sidecar.original_config_sha256 == registry["adapter_config.json"]
         local = digests(folder)
         assert local.pop(SIDECAR) and local.pop("adapter_config.json")
@@ -433,7 +432,7 @@ def test_bad_invocations_and_other_tenants_change_nothing(reg: Reg, tmp_path: Pa
     bad = reg.cli("export", "--pool", "Not A Pool", "--dir", str(root))
     assert bad.exit_code == 4 and "Traceback" not in bad.output
     assert reg.cli("export", "--pool", f"{reg.ns}/none", "--dir", str(root)).exit_code == 2
-    outsider = reg.client.create_token("outsider", "admin", namespace="elsewhere")["token"]
+    outsider = reg.client.create_token("outsider", "admin", namespace="elsewhere").token
     denied = reg.cli("export", "--pool", reg.pool, "--dir", str(root), token=outsider)
     assert denied.exit_code == 5, denied.output
     assert not root.exists() or names(root) == set()

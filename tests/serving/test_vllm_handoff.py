@@ -267,9 +267,9 @@ def forced_folder(client: Client, ref: str, root: Path, model_id: str) -> tuple[
     r = parse_ref(ref)
     assert r.version is not None
     version = client.version(ref)
-    name = served_name(r.namespace, r.name, r.version, version["manifest_digest"])
+    name = served_name(r.namespace, r.name, r.version, version.manifest_digest)
     client.pull(ref, root / name)
-    prepare(root / name, Member(name, ref, version["manifest_digest"]),
+    prepare(root / name, Member(name, ref, version.manifest_digest),
             Desired("forced/none", r.namespace, model_id, 0, {}, {}))
     return name, root / name
 
