@@ -25,11 +25,7 @@ WEB_FRAMEWORKS = ("fastapi", "starlette", "jinja2", "markupsafe", "uvicorn")
 ASSEMBLER = "registry.api.app"
 #: Arrows from the web context to registry.api that are allowed until the module moves:
 #: (importer, imported) -> why. An entry that no longer exists fails the test (remove it).
-WEB_EXCEPTIONS = {
-    ("registry.web.context", "registry.api.uploads"):
-        "UploadGate is per-process state like the caches; it moves to registry/web once the "
-        "slow-clients work in registry/api/uploads.py has landed",
-}
+WEB_EXCEPTIONS: dict[tuple[str, str], str] = {}
 #: sqlalchemy names a router or a page may import: types for annotations, nothing that
 #: builds or runs a query.
 SQL_TYPES = {"Session", "sessionmaker", "Engine"}
@@ -133,18 +129,6 @@ def test_the_web_context_imports_neither_api_nor_ui() -> None:
 SERVER_SIDE = ("registry.services", "registry.models", "registry.db", "registry.api",
                "registry.ui", "registry.web", "registry.blobs", "registry.prometheus",
                "sqlalchemy", "fastapi", "starlette", "cli", "merge_worker")
-
-
-#: Modules that still import the compatibility names of registry/api/deps.py (its request
-#: context moved to registry.web.context): the list only shrinks, then deps.py goes.
-DEPS_IMPORTERS = {"registry.api.routes.blobs"}
-
-
-def test_only_listed_modules_import_the_old_request_context() -> None:
-    importers = {i.module for i in all_imports("registry", "cli", "merge_worker")
-                 if i.of("registry.api.deps")}
-    assert importers <= DEPS_IMPORTERS, importers - DEPS_IMPORTERS
-    assert not DEPS_IMPORTERS - importers, "no longer importing it: remove from DEPS_IMPORTERS"
 
 
 @pytest.mark.parametrize("room", ["registry.client", "registry.serving", "registry.wire"])

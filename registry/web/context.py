@@ -21,9 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import cookie_parser
 from starlette.types import Scope
 
-# The per-caller upload gate is state of this process like the caches below; it lives in
-# registry.api.uploads for now (no FastAPI in it) and belongs here (docs/architecture.md).
-from registry.api.uploads import UploadGate
 from registry.blobs import BlobStore
 from registry.config import Settings
 from registry.db import transaction
@@ -36,6 +33,7 @@ from registry.services.resolve import ResolveCache
 from registry.services.tokens import Principal
 from registry.web.caches import AnswerCache, PresignCache
 from registry.web.token_cache import TokenCache
+from registry.web.uploads import UploadGate
 
 LOCAL_PRINCIPAL = Principal(name="local", role="admin", namespace=None)
 #: The UI's sign-in cookie (registry.ui.session sets it); a request may present its token so.

@@ -11,12 +11,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from registry.api import schemas as s
-from registry.api.deps import CtxDep, etag_matches
+from registry.api.etags import etag_matches
 from registry.api.streams import parse_range, receive_blob
 from registry.blobs import BlobInfo
 from registry.errors import BadRequest, CorruptBlob, PayloadTooLarge
 from registry.manifest import check_digest
 from registry.services import blobs
+from registry.web.context import CtxDep
 
 log = logging.getLogger("lorareg.api")
 router = APIRouter(prefix="/api/v1/blobs", tags=["blobs"])
@@ -67,8 +68,8 @@ def _corrupt(detail: str, **extra: Any) -> CorruptBlob:
 @router.post("/missing", response_model=s.MissingOut)
 def missing(body: s.DigestsIn, ctx: CtxDep) -> s.MissingOut:
     """Which of these digests the caller must upload: any token that may push somewhere (or
-    register bases) may ask; a namespace-scoped one learns only about its namespace's blobs when dedup is per
-    namespace (``LORAREG_BLOB_DEDUP``)."""
+    register bases) may ask; a namespace-scoped one learns only about its namespace's blobs
+    when dedup is per namespace (``LORAREG_BLOB_DEDUP``)."""
     ctx.require_upload()
     with ctx.tx() as session:
         return s.MissingOut(missing=blobs.missing(session, body.digests, ctx.blob_view))
