@@ -13,7 +13,7 @@ import click
 from cli import output
 from cli.app import App, json_option, pass_app
 from cli.channel_params import DURATION, STEPS, echo_problems, seconds, version_of, weight
-from registry.client import ChannelEventOut, channel_ref
+from registry.client import ChannelEventOut, PromoteOut, channel_ref
 from registry.errors import IncompatiblePool, InvalidAdapter
 
 PROFILES = ("any", "vllm", "merged")
@@ -42,30 +42,55 @@ PROFILES = ("any", "vllm", "merged")
 @click.option("--expect-revision", type=click.IntRange(min=0), default=None,
               help="Fail with exit 3 unless the channel is at this revision "
                    "[default: the revision read just before].")
+@click.option("--wait-loaded", is_flag=True,
+              help="Then wait until every live replica of the pools bound to the channel "
+                   "reports the version loaded; exit 6 naming those that did not, and why, "
+                   "after --timeout.")
+@click.option("--timeout", type=DURATION, default="5m", show_default=True,
+              help="How long --wait-loaded waits.")
 @json_option
 @pass_app
 def promote(
     app: App, ref: str, channel: str, now: bool, steps: list[int], interval: int,
     gates: tuple[str, ...], max_failures: int, deadline: int | None, min_requests: int,
-    new_base: bool, reason: str, expect_revision: int | None,
+    new_base: bool, reason: str, expect_revision: int | None, wait_loaded: bool,
+    timeout: float,
 ) -> None:
     """Put version REF on a channel: at once (--now) or as a canary rollout.
 
     A canary starts at the first step's weight; the rollout controller (in the workers)
     evaluates the gates after each interval and moves to the next step, promotes after the
     last one, or aborts (the stable version keeps serving). Prints the rollout id and the
-    channel revision; --json prints {channel, rollout}.
+    channel revision; --json prints {channel, rollout} (and, with --wait-loaded, the pools'
+    statuses as "fleet").
     """
-    result = app.client().promote(
+    client = app.client()
+    result = client.promote(
         ref, channel, now=now, steps=steps, interval_seconds=interval, gates=list(gates),
         max_failures=max_failures, deadline_seconds=deadline, min_requests=min_requests,
         new_base=new_base, reason=reason, expect_revision=expect_revision,
     )
-    if app.json:
-        output.emit_json(result)
+    target = f"{result.channel.adapter}:{result.channel.name}"
+    if not app.json:
+        _promoted(app, ref, target, result)
+    if not wait_loaded:
+        if app.json:
+            output.emit_json(result)
         return
+    # The version the promotion put on the channel (a rollout's candidate, else the stable).
+    number = result.rollout.version if result.rollout else result.channel.stable
+    name = client.served_name(f"{result.channel.adapter}@{number}")
+    app.note(f"waiting for every live replica of the pools serving {target} to load {name}")
+    fleet = client.wait_loaded(target, name, timeout)
+    if app.json:
+        output.emit_json({**result.model_dump(mode="json"), "fleet": fleet})
+        return
+    replicas = sum(r.live for s in fleet for r in s.replicas)
+    app.say(f"{name} loaded on {replicas} live replica(s) of {', '.join(s.pool for s in fleet)}")
+
+
+def _promoted(app: App, ref: str, target: str, result: PromoteOut) -> None:
     chan, rollout = result.channel, result.rollout
-    target = f"{chan.adapter}:{chan.name}"
     if rollout is None:
         app.say(f"promoted {ref} to {target} (channel revision {chan.revision})")
         return

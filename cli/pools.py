@@ -1,4 +1,5 @@
-"""Serving pools: ``pool create|set|ls|show|bind|unbind|pin|unpin|desired``.
+"""Serving pools: ``pool create|set|ls|show|bind|unbind|pin|unpin|desired|status`` and
+``where``.
 
 A pool describes inference engines started alike: the registered base, what ``vllm serve`` was
 given (``--model-id``, ``--max-lora-rank``, ``--max-loras``, ``--max-cpu-loras``, ``--dtype``,
@@ -18,7 +19,8 @@ from cli import output
 from cli.app import App, json_option, pass_app
 from cli.channel_params import echo_problems, seconds
 from cli.params import Duration
-from registry.client import PoolDetailOut
+from registry.client import PoolDetailOut, ReplicaOut
+from registry.statuses import BaseVerdict
 from registry.vllm_architectures import DEFAULT_MAX_LORA_RANK, MAX_LORA_RANKS
 
 SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
@@ -255,4 +257,63 @@ def desired(app: App, name: str, with_left: bool) -> None:
                       for m in r.left])
 
 
-COMMANDS = (pool,)
+@pool.command("status")
+@click.argument("name", metavar="NS/POOL")
+@json_option
+@pass_app
+def status(app: App, name: str) -> None:
+    """What the replicas of pool NS/POOL hold: each one's heartbeat age, verdict (its base
+    fingerprint against the pool's), loaded vs desired, and drift (missing, extra, failed
+    loads with the engine's error, bytes that differ). Live: heard within 3 heartbeat
+    intervals."""
+    r = app.client().pool_status(name)
+    if app.json:
+        output.emit_json(r)
+        return
+    desired = [v.served_name for v in r.versions if not v.draining]
+    output.table(["REPLICA", "LIVE", "VERDICT", "HEARTBEAT", "LOADED", "DRIFT", "ENGINE"],
+                 [[x.replica_id, "yes" if x.live else "NO", x.verdict.value,
+                   f"{x.heartbeat_age_seconds:.0f}s ago",
+                   f"{sum(n in x.loaded for n in desired)}/{len(desired)}", len(x.drift),
+                   x.engine_url or x.engine] for x in r.replicas])
+    for x in r.replicas:
+        _echo_replica_problems(x)
+    verdicts = ", ".join(f"{n} {v.value}" for v, n in r.verdicts.items() if n)
+    app.say(f"pool {r.pool}: {r.live} live of {len(r.replicas)} replicas ({verdicts or '-'}); "
+            f"{len(desired)} desired; drift on {len(r.drift_versions)} version(s)")
+
+
+def _echo_replica_problems(x: ReplicaOut) -> None:
+    lines = [f"{d.kind.value} {d.served_name}: {d.detail}" for d in x.drift]
+    if x.verdict == BaseVerdict.INCOMPATIBLE:
+        lines.insert(0, f"base {x.base_fingerprint} (the pool's is {x.pool_fingerprint})")
+    if x.last_error:
+        lines.append(f"agent error: {x.last_error}")
+    if x.pending:
+        lines.append(f"pending: {', '.join(x.pending)}")
+    if lines:
+        click.echo(f"{x.replica_id}:")
+        echo_problems(lines)
+
+
+@click.command()
+@click.argument("ref", metavar="NS/NAME@N")
+@json_option
+@pass_app
+def where(app: App, ref: str) -> None:
+    """Which replicas of which pools hold version REF (NS/NAME@N, @latest or NS/NAME:CHANNEL's
+    stable), in which state and whether with its bytes; and which pools want it."""
+    r = app.client().where(ref)
+    if app.json:
+        output.emit_json(r)
+        return
+    output.table(["POOL", "REPLICA", "STATE", "BYTES", "LIVE", "SINCE", "ERROR"],
+                 [[x.pool, x.replica_id, x.state.value, "ok" if x.bytes_ok else "DIFFER",
+                   "yes" if x.live else "NO", output.when(x.since), output.short(x.error, 60)]
+                  for x in r.replicas])
+    app.say(f"{r.ref} ({r.served_name}): desired in {', '.join(r.desired_in) or '-'}; "
+            f"draining in {', '.join(r.draining_in) or '-'}; held by {len(r.replicas)} "
+            "replica(s)")
+
+
+COMMANDS = (pool, where)

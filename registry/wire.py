@@ -451,6 +451,11 @@ class PoolCheckOut(BaseModel):
 
 # ------------------------------------------------------------------------------ residency
 
+#: Limits of a heartbeat (``PUT /api/v1/pools/{ns}/{pool}/replicas/{id}``): served names in one
+#: report, and characters of an error text (the client cuts longer engine errors to fit).
+MAX_REPORTED_ADAPTERS = 1024
+MAX_REPORTED_ERROR = 4096
+
 
 class DriftOut(BaseModel):
     kind: DriftKind

@@ -16,6 +16,8 @@ from registry.models import AdapterVersion
 from registry.services import desired_sets, residency
 from registry.statuses import AdapterState, BaseVerdict
 from registry.wire import (
+    MAX_REPORTED_ADAPTERS,
+    MAX_REPORTED_ERROR,
     DriftOut,
     HeartbeatOut,
     PoolStatusOut,
@@ -26,8 +28,8 @@ from registry.wire import (
     WhereReplicaOut,
 )
 
-MAX_ADAPTERS = 1024
-MAX_ERROR = 4096
+MAX_ADAPTERS = MAX_REPORTED_ADAPTERS
+MAX_ERROR = MAX_REPORTED_ERROR
 
 
 class ReportedIn(In):

@@ -27,6 +27,7 @@ from registry.client import (
     _versions,
 )
 from registry.client._http import Http
+from registry.client._pools import Residency
 from registry.client._results import (
     Compatibility,
     PulledArtifact,
@@ -54,6 +55,7 @@ from registry.wire import (
     GateEvaluationOut,
     GcReportOut,
     Health,
+    HeartbeatOut,
     JobOut,
     ManifestOut,
     MergeOut,
@@ -64,6 +66,7 @@ from registry.wire import (
     PoolCheckOut,
     PoolDetailOut,
     PoolOut,
+    PoolStatusOut,
     PromoteOut,
     ResolveOut,
     RetentionReportOut,
@@ -72,6 +75,7 @@ from registry.wire import (
     TokenOut,
     VersionOut,
     WebhookOut,
+    WhereOut,
     WhoAmI,
 )
 
@@ -581,3 +585,49 @@ class Client:
         """Could ``pool`` take version ``ref`` (``ns/name@N``, ``@latest`` or a channel's
         stable ``ns/name:chan``)? Its served name, verdict and problems; no change."""
         return _pools.check_pool(self._http, ref, pool)
+
+    # -- the fleet: desired sets for agents, residency, where ----------------------------
+
+    def poll_desired(self, pool: str, revision: str | None = None, wait: float = 30.0
+                     ) -> DesiredOut | None:
+        """What an agent polls: the desired set (members and draining versions with their
+        files, the pool's base fingerprint and model id, its ``revision``), or None while it
+        is still at ``revision`` -- the server holds that answer up to ``wait`` seconds (at
+        most 60) and answers as soon as the set changes."""
+        return _pools.poll_desired(self._http, pool, revision, wait)
+
+    def report_residency(self, pool: str, replica_id: str, residency: Residency
+                         ) -> HeartbeatOut:
+        """A replica's heartbeat: its whole residency (idempotent; needs read in the pool's
+        namespace). The answer reads it against the desired set: verdict, loaded, pending,
+        drift, and the set's revision now. Error texts over the server's limit are cut."""
+        return _pools.report_residency(self._http, pool, replica_id, residency)
+
+    def forget_replica(self, pool: str, replica_id: str) -> None:
+        """Remove a decommissioned replica from the pool's ledger (promoters)."""
+        _pools.forget_replica(self._http, pool, replica_id)
+
+    def pool_status(self, pool: str) -> PoolStatusOut:
+        """Every replica of ``pool``: liveness, verdict with both fingerprints, loaded vs
+        desired, drift (missing, extra, failed loads with the engine's error, bytes that
+        differ, anything on an incompatible base)."""
+        return _pools.pool_status(self._http, pool)
+
+    def where(self, ref: str) -> WhereOut:
+        """Which replicas of which pools hold version ``ref`` (``ns/name@N``, ``@latest`` or a
+        channel's stable), in which state, with its bytes or not; which pools want it."""
+        return _pools.where(self._http, ref)
+
+    def served_name(self, ref: str) -> str:
+        """The name routers send engines for version ``ref`` (registry.served_names)."""
+        return _pools.version_served_name(self._http, ref)
+
+    def wait_loaded(self, target: str, served_name: str, timeout: float | None = 300.0,
+                    progress: Callable[[list[PoolStatusOut]], object] | None = None
+                    ) -> list[PoolStatusOut]:
+        """Wait until every live replica of pool ``target`` (``ns/pool``), or of every pool
+        bound to channel ``target`` (``ns/name:chan``), reports ``served_name`` loaded with
+        its bytes (each pool needs one live replica at least); the pools' statuses then.
+        After ``timeout`` seconds a RegistryError (exit 6) names each replica that has not,
+        and why (its load error, its state, an incompatible base, no report)."""
+        return _pools.wait_loaded(self._http, target, served_name, timeout, progress)

@@ -79,17 +79,20 @@ class Http:
         self, method: str, path: str, *, params: Params | None = None, json: Any = None,
         body: Callable[[], Iterable[bytes]] | None = None, headers: Mapping[str, str] | None = None,
         idempotent: bool = True, stream: bool = False, follow: bool = False,
-        accept: Collection[int] = (),
+        accept: Collection[int] = (), read_timeout: float | None = None,
     ) -> httpx.Response:
         """Send with retries; return a 2xx response (or one of the ``accept`` statuses) or
         raise the matching RegistryError. A ``stream`` answer (a blob body) comes through the
-        urllib3 transport."""
+        urllib3 transport. ``read_timeout`` overrides the client's for an answer the server
+        holds on purpose (a long poll)."""
         http = self.blobs if stream else self.api
+        timeout = httpx.Timeout(self.timeout, read=read_timeout) if read_timeout else None
         attempt = 0
         while True:
             request = http.build_request(
                 method, path, params=tuple(params or ()), json=json, headers=headers,
                 content=body() if body else None,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
             try:
                 response = http.send(request, stream=stream, follow_redirects=follow)
