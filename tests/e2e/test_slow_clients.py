@@ -200,8 +200,8 @@ def still_served(server: LiveServer, token: str, adapter: Path) -> dict[str, obj
             "whoami": http.get("/api/v1/whoami").json(),
             "server version": http.get("/api/v1/version").json(),
         }
-        answers["pushed"] = client.push(adapter, "acme/bot", BASE)
-        answers["version"] = client.version("acme/bot@1")
+        answers["pushed"] = client.push(adapter, "acme/bot", BASE).model_dump(mode="json")
+        answers["version"] = client.version("acme/bot@1").model_dump(mode="json")
     return answers
 
 
