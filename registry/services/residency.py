@@ -258,8 +258,10 @@ def _replace_adapters(row: PoolReplica, reported: Sequence[Reported], now: datet
     rows = []
     for r in reported:
         kept = old.get(r.served_name)
-        if kept is None or (kept.state, kept.digest) != (r.state, r.digest):
+        if kept is None:
             kept = ReplicaAdapter(served_name=r.served_name, since=now)
+        elif (kept.state, kept.digest) != (r.state, r.digest):
+            kept.since = now
         kept.state, kept.digest, kept.error = r.state, r.digest, r.error
         rows.append(kept)
     row.adapters = rows
@@ -278,13 +280,12 @@ def _record_drift(session: Session, actor: Actor, pool: ServingPool, row: PoolRe
 
 
 def _retire(session: Session, actor: Actor, pool: ServingPool, now: datetime) -> None:
-    gone = list(session.scalars(select(PoolReplica.replica_id).where(
-        PoolReplica.pool_id == pool.id,
-        PoolReplica.last_heartbeat_at < now - RETIRE_AFTER)))
+    # RETURNING: two heartbeats retiring at once each record only the rows they deleted.
+    gone = list(session.scalars(delete(PoolReplica).where(
+        PoolReplica.pool_id == pool.id, PoolReplica.last_heartbeat_at < now - RETIRE_AFTER)
+        .returning(PoolReplica.replica_id), execution_options={"synchronize_session": False}))
     if not gone:
         return
-    session.execute(delete(PoolReplica).where(PoolReplica.pool_id == pool.id,
-                                              PoolReplica.replica_id.in_(gone)))
     audit.record(session, actor, "pool.replicas_retired", "pool", pool.full_name,
                  namespace=pool.namespace.name,
                  payload={"replicas": sorted(gone), "silent_for": str(RETIRE_AFTER)})

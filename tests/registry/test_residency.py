@@ -83,7 +83,10 @@ def test_heartbeat_records_the_whole_residency_and_is_idempotent(
     assert [a.served_name for a in third.row.adapters] == [desired_sets.served(v2)]
     assert kinds(third) == []  # v1 missing but within the grace: pending; v2 loading is fine
     assert third.pending == [desired_sets.served(v1)]
-    status = residency.status(session, pool, t0 + timedelta(seconds=31 + 20))
+    fourth = residency.heartbeat(session, ACTOR, pool, "gpu-0", report(pool, loaded(v2)),
+                                 t0 + timedelta(seconds=25))
+    assert fourth.row.adapters[0].since == t0 + timedelta(seconds=25)  # loading -> loaded
+    status = residency.status(session, pool, t0 + timedelta(seconds=25 + 31))
     assert not status.replicas[0].live  # silent for more than 3 x 10 s
     assert [r.row.replica_id for r in status.replicas] == ["gpu-0"]
 
