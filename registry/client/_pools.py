@@ -16,7 +16,7 @@ from typing import Any
 
 from registry import errors
 from registry.client._channels import pin_channel
-from registry.client._http import POLL_GROWTH, POLL_MAX, POLL_MIN, Http
+from registry.client._http import POLL_GROWTH, Http
 from registry.client._paths import POOLS, pool_path, version_path
 from registry.refs import parse_pool_name, parse_ref
 from registry.served_names import served_name
@@ -178,6 +178,10 @@ def version_served_name(http: Http, ref: str) -> str:
 
 # --- waiting for the fleet ------------------------------------------------------------------
 
+# A status read is a few small queries; polling it at most every half second keeps the time
+# from "loaded everywhere" to the promoter knowing it under that (jobs back off to 2 s).
+WAIT_POLL_MIN, WAIT_POLL_MAX = 0.1, 0.5
+
 
 def wait_loaded(http: Http, target: str, name: str, timeout: float | None,
                 progress: Callable[[list[PoolStatusOut]], object] | None
@@ -188,7 +192,7 @@ def wait_loaded(http: Http, target: str, name: str, timeout: float | None,
     RegistryError (exit 6) names every replica that has not, and why."""
     pools_ = _target_pools(http, target)
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = POLL_MIN
+    delay = WAIT_POLL_MIN
     while True:
         statuses = [pool_status(http, p) for p in pools_]
         if progress is not None:
@@ -200,7 +204,7 @@ def wait_loaded(http: Http, target: str, name: str, timeout: float | None,
         if left is not None and left <= 0:
             raise _not_loaded(name, timeout, lagging)
         http.sleep(delay if left is None else min(delay, left))
-        delay = min(delay * POLL_GROWTH, POLL_MAX)
+        delay = min(delay * POLL_GROWTH, WAIT_POLL_MAX)
 
 
 def _target_pools(http: Http, target: str) -> list[str]:
