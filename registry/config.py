@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     max_concurrent_uploads_per_token: int = Field(
         8, ge=1, description="blob uploads one token may have in flight at once (429 beyond)"
     )
+    resolve_staleness_seconds: float = Field(
+        0.75, gt=0, le=60,
+        description="resolve answers from memory only while its last look at the change feed "
+        "began less than this long ago: a promotion on any replica is served everywhere "
+        "within it (the feed is polled three times per period)"
+    )
 
     @property
     def safetensors_limits(self) -> HeaderLimits:

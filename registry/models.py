@@ -386,10 +386,14 @@ class Channel(Base):
     """A named pointer of an adapter: a stable version and optionally a weighted canary.
 
     Every change bumps ``revision`` under a compare-and-swap (see registry.services.channels).
+    ``change_seq`` is the resolve change feed's mark, set by database triggers on every insert
+    and update of the row (and on a rename of its adapter or namespace), whoever writes it:
+    see migrations/versions/0009_resolve_feed.py and registry.services.resolve_feed.
     """
 
     __tablename__ = "channels"
-    __table_args__ = (UniqueConstraint("adapter_id", "name"),)
+    __table_args__ = (UniqueConstraint("adapter_id", "name"),
+                      Index("ix_channels_change_seq", "change_seq"))
 
     id: Mapped[intpk]
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="RESTRICT"))
@@ -404,6 +408,7 @@ class Channel(Base):
     protected: Mapped[bool] = mapped_column(default=False)
     base_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     revision: Mapped[int] = mapped_column(Integer, default=0)
+    change_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[timestamp]
     updated_at: Mapped[timestamp]
 
@@ -412,6 +417,30 @@ class Channel(Base):
         foreign_keys=[stable_version_id], lazy="joined")
     canary: Mapped[AdapterVersion | None] = relationship(
         foreign_keys=[canary_version_id], lazy="joined")
+
+
+class ChannelTombstone(Base):
+    """A deleted channel, written by a database trigger, so that the resolve state of every
+    process drops it (registry.services.resolve_feed). Channels are not deleted by the API
+    today; an operator's ``DELETE`` is seen all the same."""
+
+    __tablename__ = "channel_tombstones"
+    __table_args__ = (Index("ix_channel_tombstones_change_seq", "change_seq"),)
+
+    id: Mapped[intpk]
+    channel_id: Mapped[int] = mapped_column(BigInteger)
+    change_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class ResolveFeed(Base):
+    """SQLite's change counter for the resolve feed (one row): its triggers take the next
+    number for every channel change. PostgreSQL marks changes with transaction ids instead
+    and leaves this row alone (registry.services.resolve_feed says why)."""
+
+    __tablename__ = "resolve_feed"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ChannelEvent(Base):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -105,6 +107,18 @@ class UICompression:
             await self.app(scope, receive, send)
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load every channel for resolve at start-up (in the background: requests meanwhile read
+    their channel from the database), stop the resolve poller at shutdown."""
+    state: State = app.state.lorareg
+    state.resolve.start()
+    try:
+        yield
+    finally:
+        state.resolve.close()
+
+
 def create_app(
     settings: Settings | None = None, *, engine: Engine | None = None,
     store: BlobStore | None = None, host: str | None = None,
@@ -118,7 +132,8 @@ def create_app(
     app = FastAPI(title="lorareg", version=__version__,
                   description="Registry and lifecycle service for LoRA adapters",
                   docs_url=None, redoc_url=None,  # ours: registry/api/docs.py
-                  generate_unique_id_function=operation_ids.operation_id)
+                  generate_unique_id_function=operation_ids.operation_id,
+                  lifespan=_lifespan)
     app.state.lorareg = state
     problems.install(app)
     # resolve first: it is the hot path, and routes are matched in order.

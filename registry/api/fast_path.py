@@ -21,9 +21,10 @@ class ResolveFastPath:
 
     It answers the common request itself: a caller :func:`~registry.web.context.authorize`
     knows without the database (a cached token, or none needed) that may read the namespace,
-    a cached channel snapshot and a cached encoded answer. That skips routing, dependency
-    injection and the other middleware, whose cost dominated resolve. Everything else (a miss,
-    a stale snapshot, a bad name, a missing, unknown or refused token, a long key) goes on to
+    a fresh channel snapshot (every channel is held: registry.services.resolve_state) and a
+    cached encoded answer. That skips routing, dependency injection and the other middleware,
+    whose cost dominated resolve. Everything else (an unknown channel, a stale state, a bad
+    name, a missing, unknown or refused token, a long key) goes on to
     the app, which answers the same request the ordinary way and fills the caches: refusals
     and errors are only ever written by the app. It keeps what the other middleware do for a
     request: the ``X-Request-ID`` header and the request metrics.
@@ -77,13 +78,13 @@ class ResolveFastPath:
                              keep_blank_values=True)).get("key", "")
         if len(key) > KEY_MAX:
             return None
-        snap = self.state.resolve.serve(adapter, channel)
-        if snap is None:
-            return None
         try:
+            snap = self.state.resolve.serve(adapter, channel)
+            if snap is None:
+                return None
             chosen, canary = choose(snap, key)
         except NotFound:
-            return None
+            return None  # the app writes the 404 (from memory too: no database)
         return snap, encoded(self.state, scope, snap, chosen, canary)
 
 

@@ -33,7 +33,8 @@ def split_target(target: str) -> tuple[str, str]:
 
 
 async def snapshot(ctx: Ctx, adapter: str, channel: str) -> Snapshot:
-    """The channel's snapshot from memory, else loaded in a thread."""
+    """The channel's snapshot from memory, else read in a thread; NotFound from memory when
+    the resolve state is fresh and holds no such channel (registry.services.resolve_state)."""
     cache = ctx.state.resolve
     snap = cache.serve(adapter, channel)
     if snap is None:
@@ -75,13 +76,14 @@ def origin(scope: Scope) -> tuple[object, ...]:
 
 def encoded(state: State, scope: Scope, snap: Snapshot, target: Target, canary: bool
             ) -> bytes:
-    """The answer's JSON body, cached per (channel revision, target, canary, origin): the hot
-    path then builds no model and serializes nothing. Presigned URLs expire, so with
-    presigning on the key also carries the half-life window the URLs were made in."""
+    """The answer's JSON body, cached per (channel revision, name, canary, origin): the hot
+    path then builds no model and serializes nothing. A channel's revision fixes both of its
+    targets, and its name is in the key because a rename keeps the revision. Presigned URLs
+    expire, so with presigning on the key also carries the half-life window they were made in."""
     settings = state.settings
     window = (int(time.monotonic() // max(settings.presign_ttl_seconds / 2, 1))
               if settings.presign_downloads else 0)
-    key = (snap.channel_id, snap.revision, target.ref, canary, origin(scope), window)
+    key = (snap.channel_id, snap.revision, snap.adapter, canary, origin(scope), window)
     body = state.answers.get(key)
     if body is None:
         base_url = str(Request(scope).base_url)

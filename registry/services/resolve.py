@@ -1,9 +1,10 @@
-"""Resolve: which version serves this request? The hot path, answered from memory.
+"""Resolve: which version serves this request? The model of an answer, from memory.
 
-A channel's state is read from the database at most once per ``ttl`` (0.5 s by default) per
-process and shared by every request meanwhile, so a promotion made through any API replica is
-visible everywhere within one ``ttl``; a change made through this process is visible at once
-(``invalidate``). Version manifests are immutable and cached for good.
+A channel's answer is a :class:`Snapshot` (its revision, rollout, canary weight and the two
+:class:`Target` versions it points at). Every channel of the registry is held in memory by
+:class:`registry.services.resolve_state.ResolveState`, kept fresh by the change feed
+(:mod:`registry.services.resolve_feed`); :func:`load` reads one channel from the database
+when memory cannot answer. Version contents are immutable, so a target never changes.
 
 Stickiness: ``bucket = int(blake2b(f"{channel_id}:{rollout_id}:{key}")[:8]) mod 10000``; the
 canary serves the request when ``bucket < canary_weight_bp``. The bucket of a key never changes
@@ -14,41 +15,104 @@ has a new id and reshuffles.
 from __future__ import annotations
 
 import hashlib
-import logging
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import struct
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from registry.db import transaction
 from registry.errors import NotFound
 from registry.models import Adapter, AdapterVersion, Channel, Namespace
 from registry.refs import check_channel, parse_adapter_name
 from registry.served_names import served_name
 
-log = logging.getLogger("lorareg.resolve")
+FileRow = tuple[str, str, int]  # (path, sha256, size)
+# One file in a target's packed bytes: the digest as 64 ASCII characters (a sha256 in hex;
+# stored as text, so any digest round-trips) and the size.
+_FILE = struct.Struct(">64sQ")
 
 
-@dataclass(frozen=True)
 class Target:
-    ref: str
+    """One version a channel points at: ref, number, manifest digest and files.
+
+    Held for every channel of the registry, so it is compact (``__slots__``, the files packed
+    into one ``bytes``, the tuple of paths shared by every version with the same file names,
+    the adapter name shared with its channel); the ``files`` are unpacked only to build an
+    answer, and answers are cached (``registry.web.caches.AnswerCache``)."""
+
+    __slots__ = ("_packed", "_paths", "adapter", "manifest_digest", "version")
+    adapter: str
     version: int
     manifest_digest: str
-    files: tuple[tuple[str, str, int], ...]  # (path, sha256, size)
+    _paths: tuple[str, ...]
+    _packed: bytes
+
+    def __init__(self, ref: str, version: int, manifest_digest: str,
+                 files: Iterable[FileRow] = ()) -> None:
+        rows = sorted(files)
+        self.adapter, self.version = ref.rpartition("@")[0], version
+        self.manifest_digest = manifest_digest
+        self._paths = tuple(p for p, _, _ in rows)
+        self._packed = pack_files(rows)
+
+    @classmethod
+    def packed(cls, adapter: str, version: int, manifest_digest: str,
+               paths: tuple[str, ...], packed: bytes) -> Target:
+        """A target from parts already made compact (the bulk loader's path)."""
+        target = cls.__new__(cls)
+        target.adapter, target.version, target.manifest_digest = adapter, version, manifest_digest
+        target._paths, target._packed = paths, packed
+        return target
+
+    @property
+    def ref(self) -> str:
+        return f"{self.adapter}@{self.version}"
+
+    @property
+    def files(self) -> tuple[FileRow, ...]:
+        return tuple((path, digest.decode("ascii"), size) for path, (digest, size)
+                     in zip(self._paths, _FILE.iter_unpack(self._packed), strict=True))
 
     @property
     def served_name(self) -> str:
         """The name a router sends the engine for this content (registry.served_names)."""
-        adapter = self.ref.rpartition("@")[0]
-        namespace, _, name = adapter.partition("/")
+        namespace, _, name = self.adapter.partition("/")
         return served_name(namespace, name, self.version, self.manifest_digest)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Target) and (
+            self.adapter, self.version, self.manifest_digest, self._paths, self._packed) == (
+            other.adapter, other.version, other.manifest_digest, other._paths, other._packed)
 
-@dataclass(frozen=True)
+    def __hash__(self) -> int:
+        return hash((self.adapter, self.version, self.manifest_digest))
+
+    def __repr__(self) -> str:
+        return f"Target({self.ref!r}, {self.version}, {self.manifest_digest!r}, {self.files!r})"
+
+
+def pack_files(rows: Sequence[FileRow]) -> bytes:
+    """Digests and sizes of files sorted by path, in :class:`Target`'s packed form."""
+    return b"".join(_FILE.pack(digest.encode("ascii"), size) for _, digest, size in rows)
+
+
+class Paths:
+    """One shared tuple per distinct list of file names (most versions have the same few):
+    a process holding 200,000 targets keeps a handful of path tuples, and interned names."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def shared(self, paths: tuple[str, ...]) -> tuple[str, ...]:
+        found = self._known.get(paths)
+        if found is None:
+            found = self._known.setdefault(paths, tuple(sys.intern(p) for p in paths))
+        return found
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     adapter: str
     channel: str
@@ -58,7 +122,7 @@ class Snapshot:
     stable: Target | None
     canary: Target | None
     weight_bp: int
-    loaded: float
+    loaded: float  # the state's clock when this was read from the database
 
     @property
     def etag(self) -> str:
@@ -85,12 +149,11 @@ def choose(snapshot: Snapshot, key: str) -> tuple[Target, bool]:
 
 def target_of(version: AdapterVersion) -> Target:
     return Target(f"{version.adapter.full_name}@{version.number}", version.number,
-                  version.manifest_digest,
-                  tuple((f.path, f.digest, f.size) for f in version.files))
+                  version.manifest_digest, ((f.path, f.digest, f.size) for f in version.files))
 
 
 def load(session: Session, adapter: str, channel: str, now: float) -> Snapshot:
-    """The channel's snapshot, stamped ``loaded=now`` (the cache's clock)."""
+    """The channel's snapshot, stamped ``loaded=now`` (the caller's clock)."""
     ns, name = parse_adapter_name(adapter)
     row = session.scalar(
         select(Channel).join(Adapter, Channel.adapter_id == Adapter.id)
@@ -102,104 +165,3 @@ def load(session: Session, adapter: str, channel: str, now: float) -> Snapshot:
                     target_of(row.stable) if row.stable else None,
                     target_of(row.canary) if row.canary else None,
                     row.canary_weight_bp, now)
-
-
-class ResolveCache:
-    """Per-process channel snapshots with a short TTL and single-flight refresh.
-
-    :meth:`get` (in a worker thread) loads a stale snapshot and makes its callers wait for it.
-    :meth:`serve` (the hot path, on the event loop) never waits: a snapshot stale by less than
-    ``grace`` is served while a background thread (at most ``REFRESHERS`` at once) reloads it,
-    so no request queues behind the database and a change is still seen within
-    ``ttl + grace`` (0.75 s by default). :meth:`invalidate` drops an adapter's snapshots at once;
-    a load that began before it cannot put the old state back (each adapter has a generation
-    that invalidation bumps), nor can a load overtake a later one (the snapshot read last is
-    kept).
-    """
-
-    REFRESHERS = 2
-    STRIPES = 64  # single-flight locks, shared by hash: memory does not grow with names asked
-
-    def __init__(self, sessions: sessionmaker[Session], ttl: float = 0.5, grace: float = 0.25,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._sessions, self.ttl, self.grace, self._clock = sessions, ttl, grace, clock
-        self._entries: dict[tuple[str, str], Snapshot] = {}
-        self._stripes = [threading.Lock() for _ in range(self.STRIPES)]
-        self._generations: dict[str, int] = {}
-        self._refreshing: set[tuple[str, str]] = set()
-        self._guard = threading.Lock()
-        self._refresher: ThreadPoolExecutor | None = None
-
-    def fresh(self, adapter: str, channel: str) -> Snapshot | None:
-        """The cached snapshot if still within its TTL (no I/O: safe on the event loop)."""
-        snap = self._entries.get((adapter, channel))
-        if snap is not None and self._clock() - snap.loaded < self.ttl:
-            return snap
-        return None
-
-    def serve(self, adapter: str, channel: str) -> Snapshot | None:
-        """The snapshot for the hot path, without I/O: fresh, or stale by less than ``grace``
-        while a background thread reloads it; None when the caller must load it (:meth:`get`)."""
-        key = (adapter, channel)
-        snap = self._entries.get(key)
-        if snap is None:
-            return None
-        age = self._clock() - snap.loaded
-        if age < self.ttl:
-            return snap
-        if age >= self.ttl + self.grace:
-            return None
-        with self._guard:
-            if key in self._refreshing:
-                return snap
-            self._refreshing.add(key)
-            if self._refresher is None:
-                self._refresher = ThreadPoolExecutor(self.REFRESHERS, "resolve-refresh")
-            refresher = self._refresher
-        refresher.submit(self._refresh, adapter, channel)
-        return snap
-
-    def get(self, adapter: str, channel: str) -> Snapshot:
-        """Fresh snapshot, loading it (once, for all waiting threads) when stale."""
-        key = (adapter, channel)
-        snap = self.fresh(*key)
-        if snap is not None:
-            return snap
-        with self._stripes[hash(key) % self.STRIPES]:
-            snap = self.fresh(*key)
-            if snap is None:
-                snap = self._load(key)
-            return snap
-
-    def _load(self, key: tuple[str, str]) -> Snapshot:
-        generation = self._generations.get(key[0], 0)
-        with transaction(self._sessions, readonly=True) as session:
-            snap = load(session, *key, self._clock())
-        with self._guard:
-            current = self._entries.get(key)
-            if self._generations.get(key[0], 0) == generation and (
-                    current is None or current.loaded <= snap.loaded):
-                self._entries[key] = snap
-        return snap
-
-    def _refresh(self, adapter: str, channel: str) -> None:
-        key = (adapter, channel)
-        try:
-            self._load(key)
-        except Exception:
-            # e.g. the channel is gone or the database down: the next request loads it
-            # itself (get) and answers with the error.
-            log.warning("background reload of %s:%s failed", adapter, channel, exc_info=True)
-            self._entries.pop(key, None)
-        finally:
-            with self._guard:
-                self._refreshing.discard(key)
-
-    def invalidate(self, adapter: str, channel: str | None = None) -> None:
-        """Drop ``adapter``'s snapshots (``channel``: only that one's; loads of the adapter
-        still running are discarded either way)."""
-        with self._guard:
-            self._generations[adapter] = self._generations.get(adapter, 0) + 1
-            for key in list(self._entries):
-                if key[0] == adapter and channel in (None, key[1]):
-                    self._entries.pop(key, None)

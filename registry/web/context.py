@@ -29,7 +29,7 @@ from registry.logs import request_id_var
 from registry.prometheus import Metrics
 from registry.services import tokens
 from registry.services.context import Actor
-from registry.services.resolve import ResolveCache
+from registry.services.resolve_state import ResolveState, feed_sessions
 from registry.services.tokens import Principal
 from registry.web.caches import AnswerCache, PresignCache
 from registry.web.token_cache import TokenCache
@@ -52,7 +52,7 @@ class State:
     sessions: sessionmaker[Session]
     store: BlobStore
     auth_required: bool
-    resolve: ResolveCache = field(init=False)
+    resolve: ResolveState = field(init=False)  # every channel, fresh by the change feed
     metrics: Metrics = field(init=False)
     tokens: TokenCache = field(default_factory=TokenCache)
     uploads: UploadGate = field(init=False)
@@ -60,7 +60,8 @@ class State:
     presigned: PresignCache = field(default_factory=PresignCache)  # presigned blob URLs
 
     def __post_init__(self) -> None:
-        self.resolve = ResolveCache(self.sessions)
+        self.resolve = ResolveState(self.sessions, feed=feed_sessions(self.sessions),
+                                    staleness=self.settings.resolve_staleness_seconds)
         self.metrics = Metrics(self.sessions)
         self.uploads = UploadGate(self.settings.max_concurrent_uploads_per_token)
 
@@ -152,9 +153,9 @@ class Ctx:
             self._after_commit.clear()
 
     def changed_channel(self, adapter: str, channel: str) -> None:
-        """This transaction changes ``adapter:channel``: resolve drops its snapshot once the
-        change is committed. (Dropped before, a load in between would read and keep the old
-        state; a load still running at the commit is discarded by the cache's generations.)"""
+        """This transaction changes ``adapter:channel``: once it is committed, resolve reads
+        the channel again before answering from memory. (Marked before, a read in between
+        would see and keep the old state: see ``ResolveState.invalidate``.)"""
         self._after_commit.append(lambda: self.state.resolve.invalidate(adapter, channel))
 
     def require(self, permission: str, namespace: str | None = None) -> None:

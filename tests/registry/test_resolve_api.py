@@ -1,10 +1,9 @@
 """Resolve over the API in-process: the fast path in front of the app answers exactly what the
-app answers, hands everything else to it, and the snapshot cache never serves a stale channel
-for longer than ``ttl + grace`` nor puts back a state that was invalidated."""
+app answers, hands everything else to it, and the resolve state never serves a channel staler
+than ``staleness`` nor a state older than one a change made here committed."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from typing import Any
@@ -23,7 +22,8 @@ from registry.db import make_engine, make_session_factory, transaction
 from registry.errors import Unauthenticated
 from registry.services import bases
 from registry.services.context import Actor
-from registry.services.resolve import ResolveCache
+from registry.services.resolve import Snapshot
+from registry.services.resolve_state import ResolveState
 from registry.services.tokens import Principal
 from registry.web.context import State
 from registry.web.token_cache import TokenCache
@@ -57,11 +57,11 @@ def promoted(api: Api, versions: int = 2) -> None:
 
 
 def frozen_caches(api: Api) -> None:
-    """Snapshot and token caches whose clock stands still: what the app just cached stays
+    """Resolve state and token cache whose clock stands still: what the app just read stays
     servable by the fast path however slow the machine is between two requests (else a stall
-    past ttl + grace, 0.75 s, hands the request to the app: 599 here)."""
+    past the staleness bound, 0.75 s, hands the request to the app: 599 here)."""
     state = state_of(api)
-    state.resolve = ResolveCache(state.sessions, clock=lambda: 0.0)
+    state.resolve = ResolveState(state.sessions, clock=lambda: 0.0)
     state.tokens = TokenCache(clock=lambda: 0.0)
 
 
@@ -142,91 +142,77 @@ def test_fast_path_hands_everything_else_to_the_app(api: Api) -> None:
     assert_problem(api.client.get("/api/v1/resolve/acme/bot", headers=h(api.admin)), 400)
 
 
-def test_promotion_elsewhere_is_served_within_ttl_plus_grace(api: Api) -> None:
-    """A change made by another replica (no invalidation here): the stale snapshot is served
-    only while younger than ttl + grace, and a background reload replaces it."""
+def test_promotion_elsewhere_is_served_once_polled_and_never_past_the_bound(api: Api) -> None:
+    """A change made by another replica (no invalidation here) is served once a poll of the
+    change feed lands; a state whose last poll began ``staleness`` ago is not served at all."""
     promoted(api)
     now = [0.0]
     state = state_of(api)
-    state.resolve = ResolveCache(state.sessions, ttl=0.5, grace=0.25, clock=lambda: now[0])
+    state.resolve = ResolveState(state.sessions, clock=lambda: now[0], background=False)
+    state.resolve.sync()  # the full load
     fast = fast_only(api)
-    assert api.client.get(URL, headers=h(api.admin)).json()["version"] == 1
+    assert fast.get(URL, headers=h(api.admin)).json()["version"] == 1
 
     replica = TestClient(create_app(state.settings, engine=api.engine, store=state.store,
                                     host="0.0.0.0"))  # another API process, same database
     r = replica.post("/api/v1/adapters/acme/bot/channels/prod/promote",
                      json={"version": 2, "now": True}, headers=h(api.admin))
     assert r.status_code == 200, r.text
-    assert fast.get(URL, headers=h(api.admin)).json()["version"] == 1  # within the TTL
-    now[0] = 0.6  # stale, within grace: served while one background thread reloads
-    first = fast.get(URL, headers=h(api.admin))
-    assert first.status_code == 200 and first.json()["version"] == 1
-    deadline = time.monotonic() + 10
-    while (snap := state.resolve.serve("acme/bot", "prod")) is None or (
-            snap.stable is None or snap.stable.version != 2):
-        assert time.monotonic() < deadline, "the background reload never landed"
-        time.sleep(0.01)
+    now[0] = 0.7  # no poll yet, within the bound: the state as of t=0 is still served
+    assert fast.get(URL, headers=h(api.admin)).json()["version"] == 1
+    state.resolve.sync()  # a poll that began at t=0.7 sees the promotion
+    assert state.resolve.stats.full_loads == 1 and state.resolve.stats.polls == 1
     assert fast.get(URL, headers=h(api.admin)).json()["version"] == 2
 
-    now[0] = 10.0  # far beyond ttl + grace: the fast path does not serve it at all
+    now[0] = 1.45  # the last poll began 0.75 s ago: not served from memory any more
     assert fast.get(URL, headers=h(api.admin)).status_code == 599
-    assert api.client.get(URL, headers=h(api.admin)).json()["version"] == 2
+    assert api.client.get(URL, headers=h(api.admin)).json()["version"] == 2  # from the db
+    assert fast.get(URL, headers=h(api.admin)).json()["version"] == 2  # read at t=1.45
 
 
-def test_invalidation_during_a_load_is_not_undone(api: Api) -> None:
+def test_an_invalidation_during_a_read_is_not_undone(api: Api) -> None:
+    """A read that began before a change here committed does not make the channel servable:
+    only a read that began after the invalidation does."""
     promoted(api)
     state = state_of(api)
-    cache: ResolveCache
+    resolve: ResolveState
 
     def sessions_invalidating_midway(*args: Any, **kw: Any) -> Any:
-        cache.invalidate("acme/bot", "prod")  # a change lands while the load reads
+        resolve.invalidate("acme/bot", "prod")  # a change lands while the read runs
         return state.sessions(*args, **kw)
 
-    cache = ResolveCache(sessions_invalidating_midway)  # type: ignore[arg-type]
-    snap = cache.get("acme/bot", "prod")
+    resolve = ResolveState(sessions_invalidating_midway, background=False)  # type: ignore[arg-type]
+    snap = resolve.get("acme/bot", "prod")
     assert snap.stable is not None and snap.stable.version == 1  # the caller gets its answer
-    assert cache.fresh("acme/bot", "prod") is None  # but the cache does not keep it
-    cache = ResolveCache(state.sessions)
-    assert cache.get("acme/bot", "prod") is cache.fresh("acme/bot", "prod")
+    assert resolve.serve("acme/bot", "prod") is None  # but it is not served to others
+    resolve = ResolveState(state.sessions, background=False)
+    assert resolve.get("acme/bot", "prod") is resolve.serve("acme/bot", "prod")
 
 
-def test_background_reloads_are_single_flight_and_survive_errors(api: Api) -> None:
+def test_a_failed_poll_keeps_the_state_until_the_bound_then_reloads_in_full(api: Api) -> None:
     promoted(api)
     state = state_of(api)
     now = [0.0]
-    calls: list[int] = []
-    gate = threading.Event()
+    resolve = ResolveState(state.sessions, clock=lambda: now[0], background=False)
+    resolve.sync()
+    served = resolve.serve("acme/bot", "prod")
+    assert served is not None
 
-    def slow_sessions(*args: Any, **kw: Any) -> Any:
-        calls.append(1)
-        gate.wait(10)
-        return state.sessions(*args, **kw)
-
-    cache = ResolveCache(state.sessions, clock=lambda: now[0])
-    first = cache.get("acme/bot", "prod")
-    cache._sessions = slow_sessions  # type: ignore[assignment]
-    now[0] = 0.6
-    assert all(cache.serve("acme/bot", "prod") is first for _ in range(50))
-    gate.set()
-    deadline = time.monotonic() + 10
-    while cache._refreshing:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert len(calls) == 1
-
-    # The reload fails (say the database is down): the entry is dropped, so the next request
-    # loads it itself and answers with the error instead of serving an ever older state.
     def broken(*args: Any, **kw: Any) -> Any:
         raise RuntimeError("database down")
 
-    cache._sessions = broken  # type: ignore[assignment]
-    now[0] = 1.2  # the reloaded snapshot (loaded at 0.6) is stale again, within grace
-    assert cache.serve("acme/bot", "prod") is not None
-    deadline = time.monotonic() + 10
-    while cache._refreshing:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert cache.serve("acme/bot", "prod") is None
+    resolve._feed = broken  # type: ignore[assignment]
+    now[0] = 0.5
+    with pytest.raises(RuntimeError):
+        resolve.sync()
+    assert resolve.serve("acme/bot", "prod") is served  # within the bound of the last poll
+    now[0] = 0.75
+    assert resolve.serve("acme/bot", "prod") is None  # past it: the caller reads the db
+    resolve._feed = state.sessions
+    resolve.sync()  # the next poll after a failure is a full load
+    assert resolve.stats.full_loads == 2 and resolve.stats.polls == 0
+    again = resolve.serve("acme/bot", "prod")
+    assert again is not None and (again.revision, again.stable) == (served.revision, served.stable)
 
 
 def test_token_cache_rechecks_in_the_background_and_drops_revoked_tokens() -> None:
@@ -287,11 +273,10 @@ def test_a_promotion_is_resolved_at_once_even_if_resolve_loads_meanwhile(
         if not armed[0]:
             return
         armed[0] = False
-        state.resolve.invalidate("acme/bot", "prod")  # as a TTL expiry would
-        loader = threading.Thread(target=state.resolve.get, args=("acme/bot", "prod"))
-        loader.start()  # another request's load, on its own connection: it sees v1
+        loader = threading.Thread(target=state.resolve._read, args=("acme/bot", "prod"))
+        loader.start()  # another request's read, on its own connection: it sees v1
         loader.join(10)
-        snap = state.resolve.fresh("acme/bot", "prod")
+        snap = state.resolve.serve("acme/bot", "prod")
         assert snap is not None and snap.stable is not None and snap.stable.version == 1
 
     monkeypatch.setattr(routes_channels.channels, "promote_now", promote)
@@ -338,12 +323,15 @@ def test_read_only_transactions_refuse_writes_on_both_backends(fresh_db_url: str
         engine.dispose()
 
 
-def test_a_slow_load_does_not_overwrite_a_later_one(api: Api) -> None:
+def test_a_slow_read_does_not_overwrite_a_later_one(api: Api) -> None:
+    """Monotonic: whoever read it last, a channel's snapshot only moves to later revisions."""
     promoted(api)
     state = state_of(api)
-    now = [3.0]
-    cache = ResolveCache(state.sessions, clock=lambda: now[0])
-    later = dataclasses.replace(cache.get("acme/bot", "prod"), loaded=5.0, revision=99)
-    cache._entries[("acme/bot", "prod")] = later  # stored by a load that began at t=5
-    assert cache._load(("acme/bot", "prod")).loaded == 3.0  # began at t=3: returned only
-    assert cache._entries[("acme/bot", "prod")] is later
+    resolve = ResolveState(state.sessions, background=False)
+    first = resolve.get("acme/bot", "prod")
+    later = Snapshot(first.adapter, first.channel, first.channel_id, 99, None, first.stable,
+                     None, 0, 5.0)
+    resolve._apply([later], 0)  # a read that landed first, of a later revision
+    assert resolve._read("acme/bot", "prod") is later  # the slower read's older state: not kept
+    resolve.sync()  # nor by the feed's full load
+    assert resolve.serve("acme/bot", "prod") is later

@@ -32,7 +32,7 @@ from registry.db import make_session_factory, transaction
 from registry.models import ApiToken, utcnow
 from registry.services import bases
 from registry.services.context import Actor
-from registry.services.resolve import ResolveCache
+from registry.services.resolve_state import ResolveState
 from registry.web.context import State
 from registry.web.token_cache import TokenCache
 from tests.fixtures.api import Api
@@ -77,9 +77,9 @@ def without_fast_path(app: FastAPI) -> FastAPI:
 
 
 def still_caches(state: State, clock: list[datetime]) -> None:
-    """Snapshot and token caches whose monotonic clock stands still (what was cached stays
+    """Resolve state and token cache whose monotonic clock stands still (what was read stays
     servable however slow the machine is) and whose wall clock the test moves."""
-    state.resolve = ResolveCache(state.sessions, clock=lambda: 0.0)
+    state.resolve = ResolveState(state.sessions, clock=lambda: 0.0)
     state.tokens = TokenCache(clock=lambda: 0.0, wall=lambda: clock[0])
 
 

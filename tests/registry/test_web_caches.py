@@ -1,6 +1,6 @@
 """The caches of one API process are fields of its State (registry/web/caches.py): presigned
-URLs are reused for half their life and never shared between two apps; the encoded-answer
-cache is bounded."""
+URLs are reused for half their life and never shared between two apps; both caches are
+bounded, the encoded answers least recently used first."""
 
 from __future__ import annotations
 
@@ -53,12 +53,19 @@ def test_a_store_that_cannot_presign_or_presigning_off_gives_our_own_url(
     assert off.presigned.get(DIGEST) is None
 
 
-def test_caches_start_again_empty_past_their_limit() -> None:
+def test_caches_are_bounded() -> None:
+    """Encoded answers: the least recently used goes first (a hot answer survives a sweep of
+    cold ones); presigned URLs start again empty past their limit."""
     answers = AnswerCache(limit=2)
     for key in ("a", "b"):
         assert answers.put(key, key.encode()) == key.encode()
+    assert answers.get("a") == b"a"  # used: "b" is now the least recent
     answers.put("c", b"c")
-    assert (answers.get("a"), answers.get("b"), answers.get("c")) == (None, None, b"c")
+    assert (answers.get("a"), answers.get("b"), answers.get("c")) == (b"a", None, b"c")
+    for n in range(10):
+        answers.put(f"cold-{n}", b"x")
+        assert answers.get("c") == b"c"
+    assert len(answers) == 2
     urls = PresignCache(limit=1, clock=lambda: 0.0)
     urls.put("d1", "u1", 60)
     urls.put("d2", "u2", 60)
