@@ -7,12 +7,12 @@ heads; ~2.2 GB) and four r=16 float32 adapters on every linear layer of the deco
 the base to compose; lorareg never reads it.
 
 Methods: ``linear`` and ``cat`` on the four full adapters; ``ties_svd`` (``svd_rank`` 16,
-density 0.5) on the same four adapters cut to their first ``--svd-layers`` layers (default 2:
-14 modules), because its cost is ``torch.linalg.svd`` of every module's dense 5632x2048 delta,
-the same call on both sides (equality with PEFT needs PEFT's exact call), minutes per side at 22
-layers on this 2-core machine. PEFT's fixed cost (loading the whole base) is the same whatever
-the layer count, so the ties_svd ratios at 2 layers are more favourable to lorareg than they would
-be at 22.
+density 0.5) on the same four adapters cut to their first ``--svd-layers`` layers (default 1:
+7 modules), because its cost is ``torch.linalg.svd`` of every module's dense 5632x2048 delta,
+the same call on both sides (equality with PEFT needs PEFT's exact call): over ten minutes per
+side at 22 layers on this 2-core machine. PEFT's fixed cost (loading the whole base) is the same
+whatever the layer count, so the ties_svd ratios at 1 layer are more favourable to lorareg than
+they would be at 22.
 
 Each run is a fresh subprocess (wall time, peak RSS and CPU times of that child, from
 ``os.wait4``; "work" is the time after its imports), ours and PEFT's per method, ``--repeat``
@@ -20,7 +20,7 @@ rounds, each first in every other round. Then every tensor of ours is compared w
 (``torch.equal``). Usage::
 
     .venv/bin/python benchmarks/compose.py [--methods linear,ties_svd,cat] [--repeat 1]
-        [--svd-layers 2] [--data benchmarks/_data/compose]
+        [--svd-layers 1] [--data benchmarks/_data/compose]
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default="linear,ties_svd,cat")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--svd-layers", type=int, default=2)
+    parser.add_argument("--svd-layers", type=int, default=1)
     parser.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "_data" / "compose")
     parser.add_argument("--child", choices=["ours", "peft", "build", "verify"])
     parser.add_argument("args", nargs="*")

@@ -117,7 +117,7 @@ def compose_adapters(
         raise ValueError(f"base_dtype must be a float dtype, got {base_dtype}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise Conflict(f"output folder {out_dir} already exists and is not empty")
-    config = peft_config(plan)
+    config = composed_config(plan)
     with ExitStack() as stack:
         readers = [stack.enter_context(closing(ShardReader(read_shard(item.weights))))
                    for item in plan.inputs]
@@ -133,31 +133,37 @@ def compose_adapters(
 # --- the config -------------------------------------------------------------------------------
 
 
-def peft_config(plan: Plan) -> Any:
-    """The composed adapter's ``LoraConfig``, made as ``add_weighted_adapter`` makes it: the
-    first input's config (loaded as ``PeftConfig.from_pretrained`` loads it) with the new rank
-    as ``r`` and ``lora_alpha``, the new target modules and no rank/alpha patterns."""
-    from dataclasses import replace
-
-    from peft import PeftConfig
-
-    loader: Any = PeftConfig  # its classmethods are untyped
-    loaded = loader.from_peft_type(**loader.check_kwargs(**dict(plan.first_config)))
+def composed_config(plan: Plan) -> dict[str, Any]:
+    """The composed adapter's config, as ``add_weighted_adapter`` makes it and
+    ``save_pretrained`` writes it: the first input's config (as PEFT's ``LoraConfig`` holds it)
+    with the new rank as ``r`` and ``lora_alpha``, the new target modules, no rank/alpha
+    patterns, ``inference_mode`` true. A config written by the installed PEFT version is
+    already in that form; any other goes through PEFT's ``LoraConfig`` (which adds the fields an
+    older PEFT did not write and drops those it does not know)."""
+    config = dict(plan.first_config)
+    if config.get("peft_version") != version("peft"):
+        config = _through_peft(config)
+    config.pop("runtime_config", None)  # LoraConfig.to_dict drops it
     targets = plan.target_modules
-    config = replace(loaded, r=plan.rank, lora_alpha=plan.rank, alpha_pattern={},
-                     rank_pattern={},
-                     target_modules=targets if isinstance(targets, str) else set(targets))
-    config.inference_mode = True  # save_pretrained writes it so
+    config.update(r=plan.rank, lora_alpha=plan.rank, alpha_pattern={}, rank_pattern={},
+                  inference_mode=True,
+                  target_modules=targets if isinstance(targets, str) else list(targets))
+    if isinstance(config.get("exclude_modules"), list):  # a set in LoraConfig
+        config["exclude_modules"] = sorted(set(config["exclude_modules"]))
     return config
 
 
-def config_json(config: Any) -> str:
-    """``PeftConfig.save_pretrained``'s text, with sets written sorted (PEFT: hash order)."""
-    values = config.to_dict()
-    for key, value in values.items():
-        if isinstance(value, set):
-            values[key] = sorted(value)
-    return json.dumps(values, indent=2, sort_keys=True)
+def _through_peft(raw: dict[str, Any]) -> dict[str, Any]:
+    from peft import PeftConfig
+
+    loader: Any = PeftConfig  # its classmethods are untyped
+    values: dict[str, Any] = loader.from_peft_type(**loader.check_kwargs(**raw)).to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in values.items()}
+
+
+def config_json(config: dict[str, Any]) -> str:
+    """``PeftConfig.save_pretrained``'s text (sets are written sorted; PEFT: hash order)."""
+    return json.dumps(config, indent=2, sort_keys=True)
 
 
 # --- the tensors ------------------------------------------------------------------------------
@@ -167,7 +173,7 @@ class _Run:
     """One composition's streaming pass over the modules."""
 
     def __init__(self, plan: Plan, readers: list[ShardReader], base_dtype: torch.dtype,
-                 config: Any) -> None:
+                 config: dict[str, Any]) -> None:
         self.plan, self.readers, self.base_dtype, self.config = plan, readers, base_dtype, config
         # PEFT's loaded adapters are float32 (autocast_adapter_dtype), float64 on a float64 base
         self.compute = torch.float64 if base_dtype == torch.float64 else torch.float32
@@ -211,28 +217,30 @@ class _Run:
         return safetensors_layout(shapes)
 
     def _module(self, module: ModulePlan) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-        options = self.plan.options
-        weights = options.weights
+        """The composed (A, B) of one module, and the energy kept (svd methods)."""
+        weights = self.plan.options.weights
         parts = [Factors(self._read(p.input, p.a_key), self._read(p.input, p.b_key),
                          p.scaling, weights[p.input]) for p in module.parts]
-        pruning = Pruning(options.density, options.majority_sign_method)
         with self.random.active() if self.random is not None else nullcontext():
-            if options.method == "cat":
-                a, b = compose_cat(parts, self.plan.rank, self.out_dtype)
-                kept = None
-            elif options.method in SVD_METHODS:
-                svd = SvdOptions(self.plan.rank, options.svd_clamp,
-                                 bool(options.svd_full_matrices),
-                                 module.kind == "embedding" or bool(
-                                     self.config.fan_in_fan_out))
-                a, b, kept = compose_svd(options.method, parts, pruning, svd)
-            else:
-                a, b = compose_factors(options.method, parts, pruning)
-                kept = None
-        for p in module.parts:
+            result = self._combine(module, parts)
+        for p in module.parts:  # the inputs' pages of this module are not needed again
             self._release(p.input, p.a_key)
             self._release(p.input, p.b_key)
-        return a, b, kept
+        return result
+
+    def _combine(self, module: ModulePlan,
+                 parts: list[Factors]) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        options = self.plan.options
+        pruning = Pruning(options.density, options.majority_sign_method)
+        if options.method == "cat":
+            return (*compose_cat(parts, self.plan.rank, self.out_dtype), None)
+        if options.method not in SVD_METHODS:
+            return (*compose_factors(options.method, parts, pruning), None)
+        # PEFT transposes the delta back for Conv1D (fan_in_fan_out) layers and embeddings
+        transposed = module.kind == "embedding" or bool(self.config.get("fan_in_fan_out"))
+        svd = SvdOptions(self.plan.rank, options.svd_clamp, bool(options.svd_full_matrices),
+                         transposed)
+        return compose_svd(options.method, parts, pruning, svd)
 
     def _read(self, index: int, key: str) -> torch.Tensor:
         """As PEFT holds it after loading: copied into a float32 (float64) parameter."""

@@ -20,15 +20,41 @@ functions (``peft.utils.merge_utils``), not copies:
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import torch
-from peft.utils import merge_utils
 
 Pair = tuple[torch.Tensor, torch.Tensor]
+PEFT_MERGE_UTILS = "peft.utils.merge_utils"
+
+
+def _peft_merge_utils() -> ModuleType:
+    """PEFT's own ``peft/utils/merge_utils.py``, executed without importing the ``peft``
+    package: its ``__init__`` imports transformers (~170 MiB and seconds per process), while
+    merge_utils needs nothing but torch. The installed PEFT's file, so PEFT's own functions;
+    the one already imported when the process has imported peft."""
+    loaded = sys.modules.get(PEFT_MERGE_UTILS)
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.find_spec("peft")  # finds the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("composition needs PEFT installed (its merge_utils)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "utils" / "merge_utils.py"
+    file_spec = importlib.util.spec_from_file_location("_lorareg_peft_merge_utils", path)
+    assert file_spec is not None and file_spec.loader is not None
+    module = importlib.util.module_from_spec(file_spec)
+    file_spec.loader.exec_module(module)
+    return module
+
+
+merge_utils = _peft_merge_utils()
 
 
 @dataclass(frozen=True)
@@ -60,22 +86,26 @@ def combine(method: str, tensors: list[torch.Tensor], weights: torch.Tensor,
     """PEFT's combination for ``method`` (``x_svd`` combines like ``x``; ``svd`` like
     ``linear``), called exactly as ``add_weighted_adapter`` calls it."""
     base = method.removesuffix("_svd") if method != "svd" else "linear"
+    result: torch.Tensor
     if base == "linear":
-        return merge_utils.task_arithmetic(tensors, weights)
+        result = merge_utils.task_arithmetic(tensors, weights)
+        return result
     density = pruning.density
     if density is None:
         raise ValueError(f"{method} needs a density")
-    if base == "magnitude_prune":
-        return merge_utils.magnitude_prune(tensors, weights, density)
-    if base == "dare_linear":
-        return merge_utils.dare_linear(tensors, weights, density)
     sign: Literal["total", "frequency"] = (
         "frequency" if pruning.majority_sign_method == "frequency" else "total")
-    if base == "ties":
-        return merge_utils.ties(tensors, weights, density, sign)
-    if base == "dare_ties":
-        return merge_utils.dare_ties(tensors, weights, density, sign)
-    raise ValueError(f"unknown composition method {method!r}")
+    if base == "magnitude_prune":
+        result = merge_utils.magnitude_prune(tensors, weights, density)
+    elif base == "dare_linear":
+        result = merge_utils.dare_linear(tensors, weights, density)
+    elif base == "ties":
+        result = merge_utils.ties(tensors, weights, density, sign)
+    elif base == "dare_ties":
+        result = merge_utils.dare_ties(tensors, weights, density, sign)
+    else:
+        raise ValueError(f"unknown composition method {method!r}")
+    return result
 
 
 def compose_cat(parts: Sequence[Factors], rank: int, dtype: torch.dtype) -> Pair:
@@ -108,6 +138,7 @@ def compose_svd(method: str, parts: Sequence[Factors], pruning: Pruning,
     """``_svd_generalized_task_arithmetic_weighted_adapter``; also returns the energy kept."""
     deltas = [_transpose(p.b @ p.a, svd.transposed) * p.scaling for p in parts]
     delta = combine(method, deltas, torch.tensor([p.weight for p in parts]), pruning)
+    del deltas  # the inputs' dense deltas: not needed during the SVD (PEFT keeps them)
     if svd.transposed:
         delta = delta.T
     u, s, vh = torch.linalg.svd(delta, full_matrices=svd.full_matrices, driver=None)

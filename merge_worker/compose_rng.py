@@ -56,13 +56,17 @@ class PeftRandom:
             finally:
                 self._state = torch.get_rng_state()
 
-    def replay_initialisation(self, modules: Iterable[ModulePlan], config: Any,
+    def replay_initialisation(self, modules: Iterable[ModulePlan], config: Mapping[str, Any],
                               rank: int) -> None:
-        """Draw what PEFT's ``inject_adapter`` draws for the new adapter (``config`` is its
-        ``LoraConfig``), module by module in the given order."""
+        """Draw what PEFT's ``inject_adapter`` draws for the new adapter (``config``: its
+        ``adapter_config.json`` content), module by module in the given order."""
+        from peft import PeftConfig
+
+        loader: Any = PeftConfig  # its classmethods are untyped
+        peft_config = loader.from_peft_type(**config)
         with self.active():
             for module in modules:
-                _build_peft_layer(module, config, rank)
+                _build_peft_layer(module, peft_config, rank)
 
 
 def _build_peft_layer(module: ModulePlan, config: Any, rank: int) -> None:

@@ -8,6 +8,8 @@ PEFT's side is always the default way: ``PeftModel.from_pretrained`` with the fi
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -488,3 +490,55 @@ def test_refuses_a_non_empty_output_folder(tiny_models: TinyModels, tmp_path: Pa
         ours(base, adapters, out, "linear")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+# --- the process and the config ---------------------------------------------------------------
+
+FRESH_PROCESS = """
+import json, sys
+from pathlib import Path
+import torch
+from merge_worker.compose import compose_adapters
+from merge_worker.compose_plan import ComposeInput, ComposeOptions
+out, method, options, *adapters = sys.argv[1:]
+inputs = [ComposeInput(f"a{i}", json.loads((Path(a) / "adapter_config.json").read_text()),
+                       Path(a) / "adapter_model.safetensors") for i, a in enumerate(adapters)]
+compose_adapters(inputs, ComposeOptions(method, (0.6, -0.4), **json.loads(options)), Path(out))
+print(json.dumps(sorted(m for m in ("peft", "transformers") if m in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("method", ["linear", "ties_svd"])
+def test_a_fresh_process_composes_without_importing_peft(tiny_models: TinyModels,
+                                                         tmp_path: Path, method: str) -> None:
+    """PEFT's merge_utils file runs without the peft package (whose import pulls in
+    transformers): same tensors, and neither package is imported."""
+    base, adapters = build(tiny_models, CASES["gpt2_fan_in_fan_out"])
+    options = method_options(method)
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "ours"), method,
+         json.dumps(options), *map(str, adapters)], capture_output=True, text=True, check=True,
+        cwd=Path(__file__).resolve().parents[2])
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+    reference = peft_compose(base, adapters, tmp_path / "peft", method, **options)
+    assert_equals_peft(tmp_path / "ours", reference, method)
+
+
+def test_a_config_from_another_peft_version_goes_through_peft(tiny_models: TinyModels,
+                                                              tmp_path: Path) -> None:
+    """An older writer's config (fields missing, another peft_version) is normalised by PEFT's
+    own LoraConfig, as PEFT does when it loads it."""
+    base, adapters = build(tiny_models, CASES["llama"])
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (old / name).write_bytes((adapters[0] / name).read_bytes())
+    config = json.loads((old / "adapter_config.json").read_text())
+    for field in ("lora_ga_config", "use_qalora", "qalora_group_size", "ensure_weight_tying"):
+        del config[field]
+    (old / "adapter_config.json").write_text(json.dumps({**config, "peft_version": "0.13.0"}))
+    ours(base, [old, adapters[1]], tmp_path / "ours", "svd")
+    reference = peft_compose(base, [old, adapters[1]], tmp_path / "peft", "svd")
+    assert_equals_peft(tmp_path / "ours", reference, "svd")
+    assert config_of(tmp_path / "ours")["peft_version"] == "0.13.0"
+    assert "lora_ga_config" in config_of(tmp_path / "ours")
