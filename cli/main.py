@@ -23,6 +23,7 @@ import click
 
 from cli import (
     adapters,
+    agent,
     audit,
     bases,
     channels,
@@ -153,5 +154,6 @@ for command in (
     server.serve, server.db, server.worker,
     *channels.COMMANDS, *rollouts.COMMANDS, export.export,
     ops.webhook, ops.gc, ops.retention, *pipeline.COMMANDS, *pools.COMMANDS,
+    agent.agent,
 ):
     main.add_command(command)

@@ -131,7 +131,8 @@ SERVER_SIDE = ("registry.services", "registry.models", "registry.db", "registry.
                "sqlalchemy", "fastapi", "starlette", "cli", "merge_worker")
 
 
-@pytest.mark.parametrize("room", ["registry.client", "registry.serving", "registry.wire"])
+@pytest.mark.parametrize("room", ["registry.client", "registry.serving", "registry.wire",
+                                  "registry.agent"])
 def test_the_client_side_talks_to_the_registry_over_http_only(room: str) -> None:
     offenders([i for i in all_imports(room) if i.of(*SERVER_SIDE)])
 
