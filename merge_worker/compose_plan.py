@@ -315,12 +315,21 @@ def _check_selection(inputs: tuple[ComposeInput, ...], layouts: list[AdapterLayo
                          "lists and regex strings cannot be mixed (PEFT refuses it)")
     first = layouts[0].config.raw
     for item, layout in zip(inputs[1:], layouts[1:], strict=True):
-        differ = [f for f in SELECTION_FIELDS if layout.config.raw.get(f) != first.get(f)]
+        differ = [f for f in SELECTION_FIELDS
+                  if _selection(layout.config.raw, f) != _selection(first, f)]
         if differ:
             raise BadRequest(
                 f"{item.label} and {inputs[0].label} select modules differently "
                 f"({', '.join(differ)}); the composed adapter would follow the first one's",
                 problems=differ)
+
+
+def _selection(raw: Mapping[str, Any], field: str) -> Any:
+    """A selection field as PEFT uses it: unset, false and empty alike; lists as sets."""
+    value = raw.get(field)
+    if not value:
+        return None
+    return tuple(sorted(map(str, value))) if isinstance(value, list | tuple) else value
 
 
 def _targets(layout: AdapterLayout) -> frozenset[str] | str:

@@ -542,3 +542,20 @@ def test_a_config_from_another_peft_version_goes_through_peft(tiny_models: TinyM
     assert_equals_peft(tmp_path / "ours", reference, "svd")
     assert config_of(tmp_path / "ours")["peft_version"] == "0.13.0"
     assert "lora_ga_config" in config_of(tmp_path / "ours")
+
+
+def test_unset_and_false_select_alike(tiny_models: TinyModels, tmp_path: Path) -> None:
+    """A config without fan_in_fan_out / layers_to_transform selects like one with false /
+    null (PEFT's defaults): not refused, and composed like PEFT."""
+    base, adapters = build(tiny_models, CASES["llama"])
+    terse = tmp_path / "terse"
+    terse.mkdir()
+    (terse / "adapter_model.safetensors").write_bytes(
+        (adapters[1] / "adapter_model.safetensors").read_bytes())
+    config = json.loads((adapters[1] / "adapter_config.json").read_text())
+    for field in ("fan_in_fan_out", "layers_to_transform", "exclude_modules"):
+        del config[field]
+    (terse / "adapter_config.json").write_text(json.dumps(config))
+    ours(base, [adapters[0], terse], tmp_path / "ours", "cat")
+    reference = peft_compose(base, [adapters[0], terse], tmp_path / "peft", "cat")
+    assert_equals_peft(tmp_path / "ours", reference, "cat")
