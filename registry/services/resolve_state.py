@@ -12,8 +12,10 @@ What a request is told (:meth:`ResolveState.serve`, no I/O, on the event loop):
   ``staleness``: a promotion through any replica is answered by every replica within it.
   Past it (the database is slow or down, the poller died, nobody asked for a while), the
   caller reads the channel from the database itself (:meth:`ResolveState.get`).
-* **Complete**: after the first full load, a channel the state does not hold does not exist
-  (as of the last poll): a cheap 404 from memory, no database (the negative cache).
+* **Negative cache**: a channel the state does not hold is read from the database once; if
+  it does not exist, later requests get the 404 from memory while the state is fresh (a
+  channel created since is held as soon as a poll or a read sees it, which the negative
+  entry does not outlive: the state's entries are looked up first).
 * **Monotonic**: a channel's snapshot only ever moves to a higher revision (or to another
   channel under the same name), whoever read it (poll, full load, a request's own read), so
   a process never answers an older state of a channel after a newer one.
@@ -47,6 +49,7 @@ log = logging.getLogger("lorareg.resolve")
 
 FEED_APPLICATION_NAME = "lorareg-resolve-feed"
 APPLY_BATCH = 1000  # snapshots applied per lock hold during a full load
+MISSING_MAX = 10_000  # names remembered as missing (the negative cache), at most
 
 
 @dataclass
@@ -94,10 +97,11 @@ class ResolveState:
         self._keys: dict[int, str] = {}  # channel id -> its key
         self._paths = Paths()
         self._synced_at = float("-inf")  # clock at the start of the last successful poll
-        self._complete = False  # a full load landed: what is not held does not exist
+        self._complete = False  # a full load landed: every channel is held
         self._mark: int | None = None  # the feed's watermark; None: the next poll is full
         self._reconnected = False  # the poller's connection was made anew: load in full
         self._dirty: dict[str, int] = {}  # key -> ticket of its invalidation
+        self._missing: dict[str, float] = {}  # key -> when a read found no such channel
         self._ticket = 0
         self._touched: set[str] | None = None  # keys a request read during a full load
         self._guard = threading.Lock()
@@ -114,8 +118,8 @@ class ResolveState:
 
     def serve(self, adapter: str, channel: str) -> Snapshot | None:
         """The channel's snapshot from memory, None when the caller must read the database
-        (:meth:`get`): the state is stale, or the channel was changed here since. Raises
-        NotFound when the state is fresh and complete and holds no such channel."""
+        (:meth:`get`): the state is stale, holds no such channel, or it was changed here
+        since. Raises NotFound when a read found no such channel and nothing fresher since."""
         key, now = f"{adapter}:{channel}", self._clock()
         self._asked = time.monotonic()
         if self._poller is None and self._background:
@@ -125,7 +129,8 @@ class ResolveState:
         fresh = now - self._synced_at < self.staleness
         snap = self._entries.get(key)
         if snap is None:
-            if fresh and self._complete:
+            missing = self._missing.get(key)
+            if missing is not None and (fresh or now - missing < self.staleness):
                 raise NotFound(f"channel {adapter}:{channel} not found")
             return None
         return snap if fresh or now - snap.loaded < self.staleness else None
@@ -145,11 +150,12 @@ class ResolveState:
         key = f"{adapter}:{channel}"
         with self._guard:
             ticket = self._ticket
+        started = self._clock()
         try:
             with transaction(self._sessions, readonly=True) as session:
-                snap = load(session, adapter, channel, self._clock())
+                snap = load(session, adapter, channel, started)
         except NotFound:
-            self._forget(key, ticket)
+            self._forget(key, ticket, started)
             raise
         return self._apply([snap], ticket, touch=True)[0]
 
@@ -170,6 +176,7 @@ class ResolveState:
         with self._guard:
             self._ticket += 1
             self._dirty[f"{adapter}:{channel}"] = self._ticket
+            self._missing.pop(f"{adapter}:{channel}", None)
         self._wake.set()  # poll now: other requests need not each read it
 
     def _apply(self, snaps: Iterable[Snapshot], ticket: int, touch: bool = False
@@ -181,6 +188,8 @@ class ResolveState:
             for snap in snaps:
                 kept.append(self._keep(snap))
                 key = f"{snap.adapter}:{snap.channel}"
+                if self._missing:
+                    self._missing.pop(key, None)
                 if touch and self._touched is not None:
                     self._touched.add(key)
                 if key in self._dirty and self._dirty[key] <= ticket:
@@ -202,12 +211,18 @@ class ResolveState:
         self._keys[snap.channel_id] = key
         return snap
 
-    def _forget(self, key: str, ticket: int) -> None:
-        """A request's read found no such channel: drop it (it was deleted)."""
+    def _forget(self, key: str, ticket: int, started: float) -> None:
+        """A read that began at ``started`` found no such channel: drop it if held (it was
+        deleted) and remember it is missing (bounded: past ``MISSING_MAX`` start again)."""
         with self._guard:
-            snap = self._entries.pop(key, None)
-            if snap is not None:
-                self._keys.pop(snap.channel_id, None)
+            snap = self._entries.get(key)
+            if snap is None or snap.loaded <= started:
+                self._entries.pop(key, None)
+                if snap is not None:
+                    self._keys.pop(snap.channel_id, None)
+                if len(self._missing) >= MISSING_MAX:
+                    self._missing.clear()
+                self._missing[key] = started
             if key in self._dirty and self._dirty[key] <= ticket:
                 del self._dirty[key]
 

@@ -1,7 +1,7 @@
 """The resolve state (registry/services/resolve_state.py) over the change feed
 (registry/services/resolve_feed.py), on committed databases of both backends: every channel is
 loaded in bulk and read as the single-channel path reads it; an unknown channel is a 404 from
-memory; what changes after start (a promotion, a new channel, a rename, a delete, whoever
+memory once the database said so; what changes after start (a promotion, a new channel, a rename, a delete, whoever
 writes it) is applied by the next poll; commits in any order are not missed; a killed feed
 connection is followed by a full load, with no stale answer past the bound meanwhile.
 
@@ -79,10 +79,14 @@ def test_every_channel_is_loaded_as_the_single_read_reads_it(engine_: Engine) ->
     assert snap.stable.manifest_digest == digest(10, 1, 99)
     assert snap.stable.served_name == f"fleet~a00010~1~{digest(10, 1, 99)[:12]}"
 
-    # Fresh and complete: an unknown channel is a 404 without the database.
+    # An unknown channel is read from the database once, then a 404 from memory.
+    unknown = (("fleet/nope", "prod"), ("fleet/a00001", "staging"), ("nobody/a00001", "prod"))
+    for adapter, channel in unknown:
+        assert state.serve(adapter, channel) is None  # not held: ask the database
+        with pytest.raises(NotFound, match=f"channel {adapter}:{channel} not found"):
+            state.get(adapter, channel)
     state._sessions = state._feed = broken  # type: ignore[assignment]
-    for adapter, channel in (("fleet/nope", "prod"), ("fleet/a00001", "staging"),
-                             ("nobody/a00001", "prod")):
+    for adapter, channel in unknown:
         with pytest.raises(NotFound, match=f"channel {adapter}:{channel} not found"):
             state.serve(adapter, channel)
         with pytest.raises(NotFound):
@@ -109,10 +113,14 @@ def test_changes_after_start_are_applied_by_the_next_poll(engine_: Engine) -> No
     poll()
     assert version(state, "fleet/a00001") == 2
 
-    # A channel created after start: a 404 until the poll that sees it, then resolvable.
-    seed_channels(engine_, 1, first=6)
+    # A channel created after start, asked for before (a 404, remembered): a 404 from memory
+    # until the poll that sees it, then resolvable; one nobody asked for is read at once.
+    with pytest.raises(NotFound):
+        state.get("fleet/a00006", "prod")
+    seed_channels(engine_, 2, first=6)
     with pytest.raises(NotFound):
         state.serve("fleet/a00006", "prod")
+    assert state.get("fleet/a00007", "prod").stable is not None
     poll()
     assert version(state, "fleet/a00006") == 1
 
@@ -120,8 +128,9 @@ def test_changes_after_start_are_applied_by_the_next_poll(engine_: Engine) -> No
     with engine_.begin() as conn:
         conn.execute(update(Adapter).where(Adapter.id == ID_BASE + 3).values(name="renamed"))
     poll()
+    assert state.serve("fleet/a00003", "prod") is None
     with pytest.raises(NotFound):
-        state.serve("fleet/a00003", "prod")
+        state.get("fleet/a00003", "prod")
     renamed = state.serve("fleet/renamed", "prod")
     assert renamed is not None and renamed.channel_id == ID_BASE + 3
     assert renamed.stable is not None and renamed.stable.ref == "fleet/renamed@1"
@@ -129,8 +138,7 @@ def test_changes_after_start_are_applied_by_the_next_poll(engine_: Engine) -> No
         conn.execute(update(Namespace).where(Namespace.name == "fleet").values(name="fleet2"))
     poll()
     for name in ("fleet/a00002", "fleet/renamed"):
-        with pytest.raises(NotFound):
-            state.serve(name, "prod")
+        assert state.serve(name, "prod") is None
     moved = state.serve("fleet2/a00002", "prod")
     assert moved is not None and moved.channel_id == ID_BASE + 2
     assert moved.revision == first.revision  # a rename is not a change of the channel
@@ -141,10 +149,11 @@ def test_changes_after_start_are_applied_by_the_next_poll(engine_: Engine) -> No
     delete_adapter(engine_, 5)
     poll()
     for name in ("fleet2/a00004", "fleet2/a00005"):
+        assert state.serve(name, "prod") is None  # not held
         with pytest.raises(NotFound):
-            state.serve(name, "prod")
+            state.get(name, "prod")
     assert sorted(s.adapter for s in state.snapshots()) == [
-        "fleet2/a00001", "fleet2/a00002", "fleet2/a00006", "fleet2/renamed"]
+        "fleet2/a00001", "fleet2/a00002", "fleet2/a00006", "fleet2/a00007", "fleet2/renamed"]
     assert (state.stats.full_loads, state.stats.polls) == (1, 5)  # all of it incremental
 
 
