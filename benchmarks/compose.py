@@ -93,15 +93,13 @@ def build_adapter(folder: Path, index: int, layers: int | None) -> None:
         return torch.randn(shape) * 0.01
 
     write_safetensors(folder / "adapter_model.safetensors", names, "F32", value)
+    # the config as PEFT writes it (with its peft_version, as a trained adapter's has)
+    from peft import LoraConfig
+
     targets: str | list[str] = "all-linear" if layers is None else [m for m, _ in modules]
-    config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": RANK, "lora_alpha": ALPHAS[index],
-        "target_modules": targets, "lora_dropout": 0.0, "bias": "none",
-        "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
-        "init_lora_weights": True, "base_model_name_or_path": None, "revision": None,
-        "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}, "inference_mode": True,
-    }
-    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    config = LoraConfig(r=RANK, lora_alpha=ALPHAS[index], target_modules=targets,
+                        task_type="CAUSAL_LM", lora_dropout=0.0, inference_mode=True)
+    config.save_pretrained(str(folder))
 
 
 def build_data(data: Path, what: str) -> None:
@@ -123,7 +121,7 @@ def build_data(data: Path, what: str) -> None:
 
 
 def adapter_name(index: int, layers: int | None) -> str:
-    return f"adapter-{index}" + ("" if layers is None else f"-layers{layers}")
+    return f"adapter-v2-{index}" + ("" if layers is None else f"-layers{layers}")
 
 
 def ensure_data(data: Path, svd_layers: int, me: list[str]) -> None:

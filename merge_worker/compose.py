@@ -25,6 +25,10 @@ byte what PEFT's ``save_pretrained`` writes, except ``cat``'s zero padding (PEFT
 ``init * 0.0``, whose sign follows its random init: -0.0 or +0.0; ours is +0.0). The config is
 PEFT's, with a list ``target_modules`` sorted (PEFT writes a set in hash order).
 
+PEFT is needed but its package is only imported for the dare methods' replay and for configs
+another PEFT version wrote: its ``merge_utils`` runs from its own file (the package's
+``__init__`` would import transformers, some 170 MiB and seconds per process).
+
 Streaming: one target module at a time, in order; per module, the inputs' factors are read
 through memory maps and dropped from memory once used, the composed factors written at their
 offsets in the output file (its header is known up front). Memory is bounded by one module's
