@@ -100,6 +100,7 @@ class ResolveState:
         self._complete = False  # a full load landed: every channel is held
         self._mark: int | None = None  # the feed's watermark; None: the next poll is full
         self._reconnected = False  # the poller's connection was made anew: load in full
+        self._connections = 0  # made since the poller started
         self._dirty: dict[str, int] = {}  # key -> ticket of its invalidation
         self._missing: dict[str, float] = {}  # key -> when a read found no such channel
         self._ticket = 0
@@ -309,11 +310,10 @@ class ResolveState:
         engine = _bind(self._feed)
         if engine is None or self._feed is self._sessions:
             return
-        connections = [0]
 
         def connected(*_: Any) -> None:
-            connections[0] += 1
-            if connections[0] > 1:
+            self._connections += 1
+            if self._connections > 1:
                 self._reconnected = True
 
         event.listen(engine, "connect", connected)
@@ -341,8 +341,17 @@ class ResolveState:
                 self._wake.wait(self.poll_interval)
                 self._wake.clear()
         finally:
+            self._release()
             with self._guard:
                 self._poller = None
+
+    def _release(self) -> None:
+        """Close the poller's own connection when it stops (it opens one again, and goes on
+        from its watermark, when it starts again)."""
+        engine = _bind(self._feed)
+        if engine is not None and self._feed is not self._sessions:
+            engine.dispose()
+            self._connections = 0
 
     def _pause(self) -> None:
         self._asked = float("-inf")  # idle since ever: the loop ends
@@ -355,9 +364,7 @@ class ResolveState:
         poller = self._poller
         if poller is not None:
             poller.join(10)
-        engine = _bind(self._feed)
-        if engine is not None and self._feed is not self._sessions:
-            engine.dispose()
+        self._release()
 
 
 def _bind(sessions: sessionmaker[Session]) -> Engine | None:
