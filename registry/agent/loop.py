@@ -197,6 +197,7 @@ class Agent:
                 if o.status != "unchanged"]
         if result.engine is not None:
             done += [f"loaded {n}" for n in result.engine.loaded]
+            done += [f"unloaded {n}" for n in result.engine.unloaded]
             done += [f"refused {n}: {why}" for n, why in result.engine.refused.items()]
         if done:
             self.log("; ".join(done))
