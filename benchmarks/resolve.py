@@ -6,22 +6,32 @@ versions (2 files each, blob rows included; the blob bytes need not exist for re
 canary v10, weight 1000 bp (10%), rollout id 1. Rows go in with ``COPY`` (a few seconds).
 
 Then ``wrk`` drives 64 concurrent connections for ``--duration`` seconds after a short warm-up,
-against each server in turn (the others idle):
+against each server in turn (the others idle). A Lua script picks, for every request, an
+adapter from a *spread* and a new ``key``:
 
-* resolve: ``uvicorn registry.api.app:factory --factory`` (tokens required, bearer header),
-  a Lua script gives every request a new ``key``;
-* trivial: ``@app.get("/ok") async def ok(): return {"ok": True}`` served by uvicorn with the
-  same flags and worker count, driven by the same Lua script and header (it ignores both), so
-  that wrk, which shares the machine's CPUs, costs the same in both; trivial and resolve
-  alternate for ``--rounds`` rounds and the ratios are the medians over rounds. One extra run
-  of trivial with plain wrk (no script, no header) is shown for reference;
+* ``hot``: the one adapter under load (the canary one);
+* ``100`` and ``10k``: uniformly among the first 100 / all 10,000 adapters;
+* ``zipf``: Zipf(1.1) over the 10,000 adapters (rank r drawn with weight r^-1.1).
+
+Contenders:
+
+* resolve: ``uvicorn registry.api.app:factory --factory`` (tokens required, bearer header);
+* trivial: an ``async def`` route returning ``{"ok": True}`` for any resolve-shaped path,
+  served by uvicorn with the same flags and worker count, driven by the same Lua script (10k
+  spread) and header (it ignores both), so that wrk, which shares the machine's CPUs, costs
+  the same in both; each round measures trivial, then every spread, for ``--rounds`` rounds,
+  and the ratios are the medians over rounds. One extra run of trivial with plain wrk (no
+  script, no header) is shown for reference;
 * MLflow: ``GET /api/2.0/mlflow/registered-models/alias?name=...&alias=prod`` against
-  ``mlflow server`` (same worker count) on its own PostgreSQL database, installed only in
-  ``benchmarks/_data/mlflow-venv`` (gitignored; skipped, and said so, when that venv is absent).
+  ``mlflow server`` (same worker count) on its own PostgreSQL database holding the same
+  10,000 models (rows written by SQL into the schema MLflow made), with the same spreads;
+  installed only in ``benchmarks/_data/mlflow-venv`` (gitignored; skipped, and said so, when
+  that venv is absent).
 
 Usage::
 
     .venv/bin/python benchmarks/resolve.py [--duration 10] [--rounds 3] [--skip-mlflow]
+        [--spreads hot,100,10k,zipf]
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,13 +74,49 @@ VERSIONS_PER_ADAPTER = 10
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 NOW = "2026-01-01 00:00:00+00"
 
+# The spreads: (first adapter index, how many, Zipf exponent or 0 for uniform).
+SPREADS = {"hot": (HOT, 1, 0.0), "100": (1, 100, 0.0), "10k": (1, 10_000, 0.0),
+           "zipf": (1, 10_000, 1.1)}
+RESOLVE_PATH = "/api/v1/resolve/" + NS + "/a%05d:prod?key=user-%d-%d"
+MLFLOW_PATH = "/api/2.0/mlflow/registered-models/alias?alias=prod&name=" + NS + "-a%05d&k=%d-%d"
+
 LUA = """
-local n = 0
+local n, first, count, s = 0, FIRST, COUNT, EXPONENT
+local cdf, threads = {}, 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+init = function(args)
+  math.randomseed(os.time() * 100 + (id or 0))
+  if s > 0 then
+    local total = 0
+    for i = 1, count do total = total + i ^ -s; cdf[i] = total end
+    for i = 1, count do cdf[i] = cdf[i] / total end
+  end
+end
+local function pick()
+  if s == 0 then return math.random(0, count - 1) end
+  local u, lo, hi = math.random(), 1, count
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cdf[mid] < u then lo = mid + 1 else hi = mid end
+  end
+  return lo - 1
+end
 request = function()
   n = n + 1
-  return wrk.format(nil, wrk.path .. "?key=user-" .. n .. "-" .. math.random(1, 1000000000))
+  return wrk.format(nil, string.format("PATH", first + pick(), n, math.random(1, 1000000000)))
 end
 """
+
+
+def lua(spread: str, path: str) -> str:
+    """The wrk script of a spread, requesting ``path`` (a format with the adapter index, the
+    request number and a random number)."""
+    first, count, exponent = SPREADS[spread]
+    return (LUA.replace("FIRST", str(first)).replace("COUNT", str(count))
+            .replace("EXPONENT", str(exponent)).replace("PATH", path))
 
 
 # --- database --------------------------------------------------------------------------------
@@ -183,11 +230,16 @@ def prepare(adapters: int, reseed: bool) -> str:
 
 
 def trivial_app() -> FastAPI:
-    """The floor: FastAPI + uvicorn answering ``{"ok": true}``."""
+    """The floor: FastAPI + uvicorn answering ``{"ok": true}`` (for any resolve path too, so
+    that the spreads' scripts can drive it)."""
     app = FastAPI()
 
     @app.get("/ok")
     async def ok() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/api/v1/resolve/{ns}/{target}")
+    async def resolve_shaped(ns: str, target: str) -> dict[str, bool]:
         return {"ok": True}
 
     return app
@@ -280,7 +332,8 @@ def resolve_server(work: Path, workers: int) -> Iterator[Server]:
 
 
 def check_resolve(url: str, headers: dict[str, str]) -> None:
-    """Sanity: 200s, the canary share near 10%, sticky keys."""
+    """Sanity: 200s, the canary share near 10%, sticky keys; and every spread's adapters
+    answer with their stable version (@10; the hot one's @9 or its canary @10)."""
     with httpx.Client(headers=headers, timeout=10) as http:
         first = http.get(url, params={"key": "k0"})
         first.raise_for_status()
@@ -288,6 +341,10 @@ def check_resolve(url: str, headers: dict[str, str]) -> None:
         canary = sum(http.get(url, params={"key": f"k{i}"}).json()["canary"]
                      for i in range(1000))
         again = http.get(url, params={"key": "k0"}).json()
+        base = url.rsplit("/", 1)[0]
+        for n in (1, 2, 100, 101, 5000, 9999, 10_000):
+            answer = http.get(f"{base}/a{n:05d}:prod", params={"key": "k"}).json()
+            assert answer["ref"] == f"{NS}/a{n:05d}@{VERSIONS_PER_ADAPTER}", answer
     assert again["version"] == body["version"], (body, again)
     assert 50 <= canary <= 150, canary
     print(f"  resolve answers e.g. {body['ref']} (canary={body['canary']}, "
@@ -311,7 +368,17 @@ def mlflow_post(http: httpx.Client, path: str, body: dict[str, object]) -> dict[
     return out
 
 
-def run_mlflow(work: Path, args: argparse.Namespace) -> Result | None:
+def mlflow_model(http: httpx.Client, index: int) -> None:
+    """Registered model ``bench-a<index>`` with version 1 under the alias ``prod``."""
+    name = f"{NS}-a{index:05d}"
+    mlflow_post(http, "registered-models/create", {"name": name})
+    mlflow_post(http, "model-versions/create", {"name": name, "source": f"s3://bench/{name}/v1"})
+    mlflow_post(http, "registered-models/alias", {"name": name, "alias": "prod", "version": "1"})
+
+
+def run_mlflow(work: Path, args: argparse.Namespace, scripts: dict[str, Path]
+               ) -> dict[str, Result] | None:
+    """MLflow's alias lookup over the same 10,000 models, once per spread."""
     if not MLFLOW_BIN.exists():
         print(f"  MLflow   skipped: {MLFLOW_BIN} not installed", flush=True)
         return None
@@ -323,24 +390,48 @@ def run_mlflow(work: Path, args: argparse.Namespace) -> Result | None:
            "--default-artifact-root", f"file://{work / 'mlartifacts'}",
            "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
     env = clean_env(PATH=f"{MLFLOW_BIN.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    name = f"{NS}-a{HOT:05d}"
     with serve("mlflow", cmd, env, work, "/health", timeout=300) as server:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            mlflow_post(http, "registered-models/create", {"name": name})
-            mlflow_post(http, "model-versions/create",
-                        {"name": name, "source": "s3://bench/adapters/v1"})
-            mlflow_post(http, "registered-models/alias",
-                        {"name": name, "alias": "prod", "version": "1"})
+        started = time.perf_counter()
+        with httpx.Client(base_url=server.url, timeout=60) as http, \
+                ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: mlflow_model(http, i), range(1, args.adapters + 1)))
             answer = http.get("/api/2.0/mlflow/registered-models/alias",
-                              params={"name": name, "alias": "prod"})
+                              params={"name": f"{NS}-a{HOT:05d}", "alias": "prod"})
             answer.raise_for_status()
-            print(f"  MLflow answers {json.dumps(answer.json())[:120]}", flush=True)
-        url = f"{server.url}/api/2.0/mlflow/registered-models/alias?name={name}&alias=prod"
-        return measure("MLflow", url, {}, args)
+        print(f"  MLflow: {args.adapters} models in {time.perf_counter() - started:.0f} s; "
+              f"answers {json.dumps(answer.json())[:100]}", flush=True)
+        return {spread: measure(f"MLflow {spread}", f"{server.url}/", {}, args, script)
+                for spread, script in scripts.items()}
 
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
+
+
+def report(rounds: list[dict[str, Result]], plain: Result,
+           mlflow: dict[str, Result] | None) -> str:
+    """The ratios of every spread to trivial (medians over rounds) and to MLflow."""
+    out = io.StringIO()
+    for spread in [k for k in rounds[0] if k != "trivial"]:
+        tputs = [r[spread].rps / r["trivial"].rps for r in rounds]
+        p99s = [r[spread].p99_ms / r["trivial"].p99_ms for r in rounds]
+        tput, p99 = statistics.median(tputs), statistics.median(p99s)
+        rps = statistics.median(r[spread].rps for r in rounds)
+        print(f"\n{spread}: per round throughput ratio {', '.join(f'{x:.2f}' for x in tputs)};"
+              f" p99 ratio {', '.join(f'{x:.2f}' for x in p99s)}", file=out)
+        print(f"  {spread} / trivial throughput  {tput:6.2f}   (goal >= 0.5: "
+              f"{verdict(tput >= 0.5)})", file=out)
+        print(f"  {spread} p99 / trivial p99     {p99:6.2f}   (goal <= 2: {verdict(p99 <= 2)})",
+              file=out)
+        print(f"  {spread} / trivial, plain wrk  {rps / plain.rps:6.2f}   (for reference)",
+              file=out)
+        if mlflow is not None and spread in mlflow:
+            vs = rps / mlflow[spread].rps
+            print(f"  {spread} / MLflow throughput   {vs:6.1f}x  (goal > 20x: "
+                  f"{verdict(vs > 20)})", file=out)
+        else:
+            print(f"  {spread} / MLflow throughput   n/a (MLflow not measured)", file=out)
+    return out.getvalue()
 
 
 def main() -> int:
@@ -352,54 +443,47 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2,
                         help="uvicorn/MLflow server workers (the same for all three)")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="alternating trivial/resolve rounds (ratios: the median)")
+                        help="rounds of trivial then every spread (ratios: the median)")
+    parser.add_argument("--spreads", default=",".join(SPREADS),
+                        help=f"comma-separated, of {', '.join(SPREADS)}")
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--reseed", action="store_true")
     args = parser.parse_args()
+    spreads = [s for s in args.spreads.split(",") if s]
+    assert set(spreads) <= set(SPREADS), spreads
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; wrk -t2 "
           f"-c{args.connections}, {args.warmup} s warm-up + {args.duration} s each; "
-          f"{args.workers} server workers", flush=True)
+          f"{args.workers} server workers; spreads {', '.join(spreads)}", flush=True)
     token = prepare(args.adapters, args.reseed)
     DATA.mkdir(parents=True, exist_ok=True)
     auth = {"Authorization": f"Bearer {token}"}
-    rounds: list[tuple[Result, Result]] = []
+    rounds: list[dict[str, Result]] = []
     with tempfile.TemporaryDirectory(dir=DATA, prefix="resolve-") as tmp:
         work = Path(tmp)
-        script = work / "keys.lua"
-        script.write_text(LUA)
+        scripts = {spread: work / f"{spread}.lua" for spread in spreads}
+        mlflow_scripts = {spread: work / f"mlflow-{spread}.lua" for spread in spreads}
+        for spread in spreads:
+            scripts[spread].write_text(lua(spread, RESOLVE_PATH))
+            mlflow_scripts[spread].write_text(lua(spread, MLFLOW_PATH))
+        trivial_script = work / "trivial.lua"
+        trivial_script.write_text(lua("10k", RESOLVE_PATH))
         # Both servers up at once (idle, they cost nothing) so the rounds can alternate.
         with trivial_server(work, args.workers) as trivial, \
                 resolve_server(work, args.workers) as api:
-            url = f"{api.url}/api/v1/resolve/{NS}/a{HOT:05d}:prod"
-            check_resolve(url, auth)
+            check_resolve(f"{api.url}/api/v1/resolve/{NS}/a{HOT:05d}:prod", auth)
             plain = measure("trivial, plain wrk (no script, no header)", f"{trivial.url}/ok",
                             {}, args)
             for n in range(1, args.rounds + 1):
                 print(f" round {n}", flush=True)
-                # The same request generator and header for both: wrk shares the CPUs.
-                rounds.append((measure("trivial", f"{trivial.url}/ok", auth, args, script),
-                               measure("resolve", url, auth, args, script)))
-        mlflow = None if args.skip_mlflow else run_mlflow(work, args)
-    tputs = [r.rps / t.rps for t, r in rounds]
-    p99s = [r.p99_ms / t.p99_ms for t, r in rounds]
-    tput, p99 = statistics.median(tputs), statistics.median(p99s)
-    resolve_rps = statistics.median(r.rps for _, r in rounds)
-    out = io.StringIO()
-    print(f"\nper round: throughput ratio {', '.join(f'{x:.2f}' for x in tputs)}; "
-          f"p99 ratio {', '.join(f'{x:.2f}' for x in p99s)}", file=out)
-    print(f"resolve / trivial throughput  {tput:6.2f}   median of {len(rounds)} "
-          f"(goal >= 0.5: {verdict(tput >= 0.5)})", file=out)
-    print(f"resolve p99 / trivial p99     {p99:6.2f}   median of {len(rounds)} "
-          f"(goal <= 2: {verdict(p99 <= 2)})", file=out)
-    print(f"resolve / trivial, plain wrk  {resolve_rps / plain.rps:6.2f}   (for reference)",
-          file=out)
-    if mlflow is not None:
-        vs = resolve_rps / mlflow.rps
-        print(f"resolve / MLflow throughput   {vs:6.1f}x  (goal > 20x: {verdict(vs > 20)})",
-              file=out)
-    else:
-        print("resolve / MLflow throughput   n/a (MLflow not measured)", file=out)
-    print(out.getvalue(), end="")
+                # The same request generator and header for all: wrk shares the CPUs.
+                results = {"trivial": measure("trivial", f"{trivial.url}/", auth, args,
+                                              trivial_script)}
+                for spread in spreads:
+                    results[spread] = measure(f"resolve {spread}", f"{api.url}/", auth, args,
+                                              scripts[spread])
+                rounds.append(results)
+        mlflow = None if args.skip_mlflow else run_mlflow(work, args, mlflow_scripts)
+    print(report(rounds, plain, mlflow), end="")
     return 0
 
 

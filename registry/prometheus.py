@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.db import transaction
 from registry.services import jobs, residency, rollouts, webhooks
+from registry.services.resolve_state import ResolveState
 from registry.statuses import BaseVerdict
 
 
@@ -34,6 +35,27 @@ class Metrics:
         self.bytes = Counter("lorareg_blob_bytes_total", "blob bytes moved through the API",
                              ["direction"], registry=self.registry)
         self.registry.register(FleetCollector(sessions))
+
+
+class ResolveCollector(Collector):
+    """This process's resolve state (registry.services.resolve_state): how many channels it
+    holds, how old its view of the change feed is, how often it loaded in full or failed."""
+
+    def __init__(self, state: ResolveState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self.state.stats
+        yield GaugeMetricFamily("lorareg_resolve_channels", "channels held in memory",
+                                value=stats.channels)
+        yield GaugeMetricFamily(
+            "lorareg_resolve_feed_age_seconds", "since the last successful poll of the change "
+            "feed began (answers from memory only below the staleness bound)",
+            value=self.state.age())
+        yield CounterMetricFamily("lorareg_resolve_full_loads", "full loads of every channel",
+                                  value=stats.full_loads)
+        yield CounterMetricFamily("lorareg_resolve_feed_failures", "failed polls of the feed",
+                                  value=stats.failures)
 
 
 class FleetCollector(Collector):

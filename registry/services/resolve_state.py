@@ -164,6 +164,10 @@ class ResolveState:
         """Every channel held (no freshness check: for measurements and tests)."""
         return list(self._entries.values())
 
+    def age(self) -> float:
+        """Seconds since the last successful poll began (infinite before the first)."""
+        return self._clock() - self._synced_at
+
     @property
     def ready(self) -> bool:
         """Whether the state answers from memory now (complete and fresh)."""

@@ -26,7 +26,7 @@ from registry.config import Settings
 from registry.db import transaction
 from registry.errors import PermissionDenied, Unauthenticated
 from registry.logs import request_id_var
-from registry.prometheus import Metrics
+from registry.prometheus import Metrics, ResolveCollector
 from registry.services import tokens
 from registry.services.context import Actor
 from registry.services.resolve_state import ResolveState, feed_sessions
@@ -63,6 +63,7 @@ class State:
         self.resolve = ResolveState(self.sessions, feed=feed_sessions(self.sessions),
                                     staleness=self.settings.resolve_staleness_seconds)
         self.metrics = Metrics(self.sessions)
+        self.metrics.registry.register(ResolveCollector(self.resolve))
         self.uploads = UploadGate(self.settings.max_concurrent_uploads_per_token)
 
     def authenticate(self, token: str) -> Principal:

@@ -25,6 +25,7 @@ from registry import migrate
 from registry.db import make_engine, make_session_factory, transaction
 from registry.errors import NotFound
 from registry.models import Adapter, Namespace
+from registry.prometheus import ResolveCollector
 from registry.services.resolve import Snapshot, load
 from registry.services.resolve_state import FEED_APPLICATION_NAME, ResolveState, feed_sessions
 from tests.fixtures.resolve_seed import (
@@ -66,6 +67,9 @@ def test_every_channel_is_loaded_as_the_single_read_reads_it(engine_: Engine) ->
     state = ResolveState(sessions_of(engine_), clock=lambda: 0.0, background=False)
     state.sync()
     assert len(state.snapshots()) == 40 and state.ready
+    gauges = {m.name: m.samples[0].value for m in ResolveCollector(state).collect()}
+    assert gauges == {"lorareg_resolve_channels": 40, "lorareg_resolve_feed_age_seconds": 0.0,
+                      "lorareg_resolve_full_loads": 1, "lorareg_resolve_feed_failures": 0}
     with transaction(sessions_of(engine_), readonly=True) as session:
         for name in names:
             held, read = state.serve(name, "prod"), load(session, name, "prod", 0.0)
