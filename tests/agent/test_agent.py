@@ -28,6 +28,7 @@ from registry.wire import PoolStatusOut, ReplicaOut
 from tests.cli.helpers import LORAREG, changed_copy, uvicorn_server
 from tests.conftest import PgDatabases
 from tests.fixtures.models import TinyModels
+from tests.fixtures.server import LiveServer, start_uvicorn
 
 pytestmark = pytest.mark.e2e
 
@@ -294,3 +295,52 @@ def test_twenty_agents_converge_and_never_report_bytes_other_than_the_digest(fle
     where = fleet.client.where(f"{fleet.ns}/bot@{v2}")
     assert len(where.replicas) == 20 and all(r.bytes_ok for r in where.replicas)
     assert all(same_bytes(fleet, cache, v2) for cache in caches)
+
+
+def test_registry_downtime_keeps_what_it_has_and_resumes(
+        pg_databases: PgDatabases, tmp_path: Path, shared: Shared) -> None:
+    """A registry of its own, stopped under the agent and started again on the same port."""
+    root = tmp_path / "own"
+    root.mkdir()
+    with uvicorn_server(root, pg_databases.fresh(), f"file://{root / 'blobs'}") as server:
+        assert server.admin_token is not None
+        with Client(server.url, server.admin_token) as client:
+            client.register_base(shared.base_dir, "tiny/llama", "agent", no_cache=True)
+            client.create_pool("down/cpu", base=BASE, model_id=MODEL_ID, dtype="float32",
+                               drain_seconds=DRAIN)
+            own = Shared(server.env, server.url, server.admin_token, shared.base_dir,
+                         shared.adapter_dir)
+            fleet = Fleet(own, client, "down", tmp_path)
+            try:
+                _survive_downtime(fleet, server)
+            finally:
+                for proc in fleet.procs:
+                    proc.kill()
+                    proc.wait()
+                for log in fleet.logs:
+                    log.close()
+
+
+def _survive_downtime(fleet: Fleet, server: LiveServer) -> None:
+    v1 = fleet.push(1)
+    start(fleet, v1)
+    proc, cache = fleet.agent("r1")
+    name = fleet.served(v1)
+    eventually(lambda: loaded(fleet, "r1") == {name}, "v1 loaded")
+    port = int(server.url.rsplit(":", 1)[1])
+    server.stop()
+    eventually(lambda: fleet.log_of("r1").count("heartbeat failed") >= 2,
+               "the agent noticed the registry is down")
+    assert proc.poll() is None and served_here(cache) == {name}  # it keeps what it has
+    before = fleet.log_of("r1").count("heartbeat failed")
+    restarted = start_uvicorn(server.env, fleet.tmp / "restarted.log", port=port)
+    try:
+        seen = fleet.replica("r1")
+        assert seen is not None
+        eventually(lambda: (r := fleet.replica("r1")) is not None
+                   and r.last_heartbeat_at > seen.last_heartbeat_at and r.live
+                   and set(r.loaded) == {name}, "heartbeats resumed with v1")
+        assert fleet.log_of("r1").count("heartbeat failed") >= before
+        assert served_here(cache) == {name} and same_bytes(fleet, cache, v1)
+    finally:
+        restarted.stop()
