@@ -25,7 +25,13 @@ Row = TypeVar("Row", bound=BaseModel)
               help="Versions: by status.")
 @click.option("--metric", "metric_filters", multiple=True, metavar="EXPR",
               help="Versions: metric filter such as 'accuracy>=0.9' (repeatable).")
-@click.option("--base", metavar="HUB_ID@REV", help="Versions: trained on this base.")
+@click.option("--base", metavar="HUB_ID[@REV]",
+              help="Versions trained on this base; with --search or --adapters: adapters "
+                   "with such a version.")
+@click.option("--search", metavar="TEXT",
+              help="Adapters whose name or description contains TEXT (any case).")
+@click.option("--adapters", "adapters_only", is_flag=True,
+              help="List adapters even when --base is given.")
 @click.option("--sort", help="adapters: updated_at|name; versions: version|created_at|metric.KEY")
 @click.option("--order", type=click.Choice(["asc", "desc"]), help="Versions: sort order.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
@@ -33,19 +39,27 @@ Row = TypeVar("Row", bound=BaseModel)
 @pass_app
 def ls(
     app: App, target: str | None, labels: dict[str, str], status: str | None,
-    metric_filters: tuple[str, ...], base: str | None, sort: str | None, order: str | None,
-    limit: int | None,
+    metric_filters: tuple[str, ...], base: str | None, search: str | None,
+    adapters_only: bool, sort: str | None, order: str | None, limit: int | None,
 ) -> None:
     """List adapters, or versions.
 
     With NAMESPACE/ADAPTER, list that adapter's versions. Otherwise list adapters (of
     NAMESPACE if given) -- unless a version filter (--status, --metric, --base, --order)
-    is given, which lists matching versions across adapters.
+    is given, which lists matching versions across adapters. --search (or --adapters)
+    always lists adapters, and then --base keeps those with a version on that base.
     """
     client = app.client()
     adapter = target if target and "/" in target else None
     namespace = None if adapter else target
-    if adapter or status or metric_filters or base or order:
+    if search is not None or adapters_only:
+        if adapter or status or metric_filters or order:
+            raise click.UsageError("--search and --adapters list adapters: give a NAMESPACE "
+                                   "(not an adapter) and no --status, --metric or --order")
+        adapters = list(client.adapters(namespace=namespace, label=labels, q=search,
+                                        base=base, sort=sort, limit=limit))
+        _print(app, adapters, _adapter_table)
+    elif adapter or status or metric_filters or base or order:
         versions = list(client.versions(
             adapter, namespace=namespace, status=status, labels=labels, base=base,
             metric_filters=metric_filters, sort=sort, order=order, limit=limit,
