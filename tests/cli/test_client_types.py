@@ -35,6 +35,7 @@ from tests.fixtures.server import LiveServer
 # Public methods whose answer is a plain value by nature, and why.
 PLAIN_ANSWERS = {
     "pin_channel": "a version reference string (ns/name@N)",
+    "served_name": "the name a router sends the engine (ns~adapter~N~digest12)",
     "report_live": "how many reports the server accepted",
     "missing_blobs": "the digests the server lacks",
     "revoke_token": "nothing (204)",
