@@ -282,6 +282,8 @@ class ResolveState:
                 self._touched = None
         self._mark, self._complete = mark, True
         self.stats.full_loads += 1
+        log.info("resolve state: %d channels loaded in %.2f s", len(seen),
+                 self._clock() - started)
 
     def _drop_unseen(self, seen: set[int]) -> None:
         """Channels the full load did not see are gone, unless a request read them after
