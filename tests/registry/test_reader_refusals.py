@@ -79,9 +79,13 @@ WRITES: list[tuple[str, str, str, Any]] = [
      "/api/v1/pools/acme/gpu/pins/acme/bot/1", None),
     ("DELETE", "/api/v1/pools/{ns}/{pool}/pins/{adapter_ns}/{name}/{number}",
      "/api/v1/pools/acme/gpu/pins/acme/bot/1", None),
+    ("DELETE", "/api/v1/pools/{ns}/{pool}/replicas/{replica_id}",
+     "/api/v1/pools/acme/gpu/replicas/gpu-0", None),
 ]
-# Readers may do these by design: resolve many keys at once, and report live metrics (routers).
-READER_WRITES = {("POST", "/api/v1/resolve"), ("POST", "/api/v1/metrics/live")}
+# Readers may do these by design: resolve many keys at once, report live metrics (routers) and
+# report a replica's residency (fleet agents pull with read tokens).
+READER_WRITES = {("POST", "/api/v1/resolve"), ("POST", "/api/v1/metrics/live"),
+                 ("PUT", "/api/v1/pools/{ns}/{pool}/replicas/{replica_id}")}
 
 
 def seed(api: Api) -> None:
