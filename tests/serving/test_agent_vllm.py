@@ -95,6 +95,21 @@ def test_the_agent_loads_the_pool_into_vllm_and_drains_a_rollback(
         eventually(lambda: replica_loaded(cli, j.pool) == {one}, "v1 in the heartbeat")
         assert j.tokens(one) == j.expected[j.v1]
 
+        proc.kill()  # kill -9, then a new agent on the same cache and engine
+        proc.wait()
+        mark = (tmp_path / "agent.log").stat().st_size
+        proc = subprocess.Popen([LORAREG, *args], env=cli.env, stdout=log, stderr=log)
+        eventually(lambda: "agent cpu-1" in _since(tmp_path / "agent.log", mark),
+                   "the second agent started")
+        status = cli.json("pool", "status", j.pool)
+        first_beat = status["replicas"][0]["last_heartbeat_at"]
+        eventually(lambda: cli.json("pool", "status", j.pool)["replicas"][0]
+                   ["last_heartbeat_at"] != first_beat, "the second agent's heartbeat")
+        # It found v1 loaded from its folder: no second load, no second download.
+        again = _since(tmp_path / "agent.log", mark)
+        assert f"loaded {one}" not in again and f"exported {one}" not in again, again
+        assert [m["id"] for m in vllm_server.models()].count(one) == 1
+
         two = j.canary_v2()
         eventually(lambda: {one, two} <= loaded(vllm_server).keys(), "canary v2 loaded")
         eventually(lambda: replica_loaded(cli, j.pool) == {one, two}, "both in the heartbeat")
@@ -118,3 +133,9 @@ def test_the_agent_loads_the_pool_into_vllm_and_drains_a_rollback(
     assert one in loaded(vllm_server)
     unloaded = vllm_server.unload(one)  # the shared server goes back to how it was
     assert unloaded.status_code == 200, json.dumps(unloaded.text)
+
+
+def _since(path: Path, offset: int) -> str:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode(errors="replace")
