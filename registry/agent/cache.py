@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from registry.serving.export import LOCK, STORE, Sidecar, is_served_name, remove
+from registry.serving.export import LOCK, SIDECAR, STORE, Sidecar, is_served_name, remove
 from registry.serving.files import fsync_dir, locked
 
 
@@ -22,7 +22,9 @@ def cache_bytes(root: Path) -> int:
 
 
 def last_used(folder: Path) -> float:
-    times = [p.stat().st_atime for p in folder.rglob("*") if p.is_file()]
+    """The newest access time of the adapter's files (an engine reading them), or the
+    folder's change time; the sidecar is left out, since eviction itself reads it."""
+    times = [p.stat().st_atime for p in folder.rglob("*") if p.is_file() and p.name != SIDECAR]
     return max([folder.stat().st_mtime, *times])
 
 
