@@ -162,12 +162,13 @@ class Agent:
             root = self.engine.base_root()
             if root != self.engine_base:
                 self.engine_base, self.dirty = root, True
-        self.local_fingerprint = None
+        before, self.local_fingerprint = self.local_fingerprint, None
         digest = fingerprint_dir(self.opts.model_dir, cache=self.fingerprints).digest
         self.local_fingerprint = digest
         if digest != self.doc.base_fingerprint:
-            self.log(f"incompatible base: {self.opts.model_dir} hashes to {digest}, the pool's "
-                     f"base is {self.doc.base_fingerprint}: loading nothing")
+            if digest != before:  # once per change, not every turn
+                self.log(f"incompatible base: {self.opts.model_dir} hashes to {digest}, the "
+                         f"pool's base is {self.doc.base_fingerprint}: loading nothing")
             return False
         return True
 
