@@ -22,7 +22,6 @@ from registry.services.rollouts import RolloutSpec
 from registry.services.versions import PushRequest, Ref
 from tests.fixtures.adapters import adapter_files, store_files
 from tests.registry.test_bases import entries, registration
-from tests.registry.test_pools_concurrency import wait_for_waiters
 
 ACTOR = Actor("carol")
 Work = Callable[[Session], object]
@@ -59,6 +58,18 @@ def start_canary(number: int) -> Work:
         rollouts.start(session, prod, version(session, number), Change(ACTOR),
                        RolloutSpec(steps=[50, 100], interval_seconds=60))
     return work
+
+
+def wait_for_waiters(engine: Engine, count: int) -> None:
+    """Until ``count`` transactions of this database wait for a lock (the channel's)."""
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                 "AND wait_event_type = 'Lock'")
+    for _ in range(1200):
+        with engine.connect() as conn:
+            if int(conn.scalar(query) or 0) >= count:
+                return
+        threading.Event().wait(0.05)
+    raise AssertionError(f"{count} transactions never queued on the channel's lock")
 
 
 def run_queued(engine: Engine, works: list[Work]) -> None:
