@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Unpack
+from typing import Any
 
 from sqlalchemy import Select, or_, select, text
 from sqlalchemy.orm import Session, aliased
@@ -52,7 +52,7 @@ def watermark(session: Session) -> int:
     return int(found or 0)
 
 
-def _rows(since: int | None) -> Select[Unpack[tuple[Any, ...]]]:
+def _rows(since: int | None) -> Select[*tuple[Any, ...]]:
     """One row per file of each target of each channel (a channel without a version: one row
     of NULLs), ordered so that a channel's rows, and a target's, come together."""
     version, file = aliased(AdapterVersion), aliased(VersionFile)

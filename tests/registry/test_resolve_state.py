@@ -1,9 +1,10 @@
 """The resolve state (registry/services/resolve_state.py) over the change feed
 (registry/services/resolve_feed.py), on committed databases of both backends: every channel is
 loaded in bulk and read as the single-channel path reads it; an unknown channel is a 404 from
-memory once the database said so; what changes after start (a promotion, a new channel, a rename, a delete, whoever
-writes it) is applied by the next poll; commits in any order are not missed; a killed feed
-connection is followed by a full load, with no stale answer past the bound meanwhile.
+memory once the database said so; what changes after start (a promotion, a new channel, a
+rename, a delete, whoever writes it) is applied by the next poll; commits in any order are not
+missed; a killed feed connection is followed by a full load, with no stale answer past the
+bound meanwhile.
 
 Clocks are injected and polls called by hand, except in the connection-loss test, whose
 subject is the real poller thread (it asserts the promise, "never staler than the bound",
