@@ -253,6 +253,9 @@ def _check_bases(inputs: tuple[ComposeInput, ...]) -> None:
 
 
 def _layout(item: ComposeInput) -> AdapterLayout:
+    if not Path(item.weights).is_file():
+        raise InvalidAdapter(f"{item.label}: no weights file {item.weights}",
+                             adapter=item.label)
     try:
         info = parse_lora_config(item.config)
         header = read_header(item.weights, FORMAT_LIMITS)

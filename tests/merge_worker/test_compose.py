@@ -559,3 +559,13 @@ def test_unset_and_false_select_alike(tiny_models: TinyModels, tmp_path: Path) -
     ours(base, [adapters[0], terse], tmp_path / "ours", "cat")
     reference = peft_compose(base, [adapters[0], terse], tmp_path / "peft", "cat")
     assert_equals_peft(tmp_path / "ours", reference, "cat")
+
+
+def test_refuses_a_missing_weights_file(tiny_models: TinyModels, tmp_path: Path) -> None:
+    _, adapters = build(tiny_models, CASES["llama"])
+    inputs = inputs_of(adapters)
+    inputs[1] = ComposeInput(inputs[1].label, inputs[1].config, tmp_path / "gone.safetensors")
+    (tmp_path / "refused").mkdir()
+    with pytest.raises(InvalidAdapter, match="acme/a1@1: no weights file"):
+        compose_adapters(inputs, ComposeOptions("linear", WEIGHTS), tmp_path / "refused" / "out")
+    nothing_created(tmp_path / "refused")
