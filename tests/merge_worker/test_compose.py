@@ -564,7 +564,8 @@ def test_unset_and_false_select_alike(tiny_models: TinyModels, tmp_path: Path) -
 def test_refuses_a_missing_weights_file(tiny_models: TinyModels, tmp_path: Path) -> None:
     _, adapters = build(tiny_models, CASES["llama"])
     inputs = inputs_of(adapters)
-    inputs[1] = ComposeInput(inputs[1].label, inputs[1].config, tmp_path / "gone.safetensors")
+    inputs[1] = ComposeInput(inputs[1].label, inputs[1].config, tmp_path / "gone.safetensors",
+                             inputs[1].base_fingerprint)
     (tmp_path / "refused").mkdir()
     with pytest.raises(InvalidAdapter, match="acme/a1@1: no weights file"):
         compose_adapters(inputs, ComposeOptions("linear", WEIGHTS), tmp_path / "refused" / "out")
