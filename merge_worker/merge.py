@@ -75,7 +75,6 @@ import json
 import os
 import shutil
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -95,6 +94,7 @@ from merge_worker.shards import (
     read_shard,
     write_all_at,
 )
+from merge_worker.staging import staged_folder
 from registry.compat import ensure_compatible_shapes, unmergeable_targets
 from registry.errors import Conflict, IncompatibleBase, InvalidAdapter
 from registry.lora_layout import (
@@ -158,7 +158,7 @@ def merge_adapter(
     with (closing(ShardReader(read_shard(adapter_dir / ADAPTER_WEIGHTS))) as adapter_file,
           _torch_threads.single(),
           Merger(plan.layout, {e.name: adapter_file.tensor(e) for e in adapter_file.shard.entries},
-                 _releaser(adapter_file)) as merger, _staging(out_dir) as tmp):
+                 _releaser(adapter_file)) as merger, staged_folder(out_dir) as tmp):
         _write_shards(plan, merger, tmp, _Progress(plan, progress, should_cancel))
         _copy_other_files(base_dir, tmp, {s.name for s in plan.shards})
         if plan.index is not None:
@@ -290,22 +290,6 @@ class _TorchThreads:
 
 
 _torch_threads = _TorchThreads()
-
-
-@contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
-    """A hidden sibling folder, renamed to ``out_dir`` on success and removed on failure."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked up front); rename cannot replace it portably
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 class _Progress:
