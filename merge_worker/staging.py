@@ -1,7 +1,7 @@
 """Output folders that appear whole or not at all, for jobs that write adapter or model folders.
 
-Kept apart from :mod:`merge_worker.merge` so that a composition does not import the merge's
-compiled kernels (numba) it never uses; ``merge.py`` keeps an identical private copy for now.
+Shared by the merge and the composition, and kept apart from :mod:`merge_worker.merge` so that a
+composition does not import the merge's compiled kernels (numba), which it never uses.
 """
 
 from __future__ import annotations
