@@ -12,14 +12,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import main
-from registry.db import make_engine, make_session_factory, transaction
 from registry.served_names import parse_served_name
-from registry.services import bases
-from registry.services.context import Actor
 from tests.conftest import PgDatabases
 from tests.fixtures.adapters import adapter_files, lora_config, lora_tensors
-from tests.fixtures.server import LiveServer, base_env, bootstrap_admin, start_uvicorn
-from tests.registry.test_bases import entries, registration
+from tests.fixtures.server import LiveServer, tiny_base_server
 
 pytestmark = pytest.mark.e2e
 
@@ -28,23 +24,8 @@ pytestmark = pytest.mark.e2e
 def server(pg_databases: PgDatabases, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[LiveServer]:
     """uvicorn (tokens required) on a fresh database with the tiny base registered."""
-    tmp = tmp_path_factory.mktemp("pools-cli")
-    url = pg_databases.fresh()
-    engine = make_engine(url)
-    with transaction(make_session_factory(engine)) as session:
-        bases.register_base(session, Actor("t"), registration(entries()))
-    engine.dispose()
-    token = bootstrap_admin(url)
-    env = base_env(LORAREG_MODE="production", LORAREG_DATABASE_URL=url,
-                   LORAREG_BLOB_URL=f"file://{tmp / 'blobs'}")
-    srv = start_uvicorn(env, tmp / "server.log")
-    srv.admin_token = token
-    srv.env = {"LORAREG_URL": srv.url, "LORAREG_TOKEN": token,
-               "LORAREG_CONFIG": str(tmp / "config.json")}
-    try:
+    with tiny_base_server(pg_databases.fresh(), tmp_path_factory.mktemp("pools-cli")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 class Cli:

@@ -28,18 +28,14 @@ from click.testing import CliRunner, Result
 
 from cli.main import main
 from registry.client import Client
-from registry.db import make_engine, make_session_factory, transaction
 from registry.errors import Conflict, EngineRefused, EngineUnavailable, PermissionDenied
 from registry.served_names import parse_served_name
-from registry.services import bases
-from registry.services.context import Actor
 from registry.serving.drain import utcnow
 from registry.serving.export import SIDECAR, STORE, PoolExport, PoolExportResult, Sidecar
 from registry.serving.vllm import VllmRuntime
 from tests.conftest import PgDatabases
 from tests.fixtures.adapters import adapter_files, lora_config, lora_tensors
-from tests.fixtures.server import BIN, ROOT, LiveServer, base_env, bootstrap_admin, start_uvicorn
-from tests.registry.test_bases import entries, registration
+from tests.fixtures.server import BIN, ROOT, LiveServer, base_env, tiny_base_server
 
 pytestmark = pytest.mark.e2e
 
@@ -53,23 +49,8 @@ WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 def server(pg_databases: PgDatabases, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[LiveServer]:
     """uvicorn (tokens required) on a fresh database with the tiny base registered."""
-    tmp = tmp_path_factory.mktemp("pool-export")
-    url = pg_databases.fresh()
-    engine = make_engine(url)
-    with transaction(make_session_factory(engine)) as session:
-        bases.register_base(session, Actor("t"), registration(entries()))
-    engine.dispose()
-    token = bootstrap_admin(url)
-    env = base_env(LORAREG_MODE="production", LORAREG_DATABASE_URL=url,
-                   LORAREG_BLOB_URL=f"file://{tmp / 'blobs'}")
-    srv = start_uvicorn(env, tmp / "server.log")
-    srv.admin_token = token
-    srv.env = {"LORAREG_URL": srv.url, "LORAREG_TOKEN": token,
-               "LORAREG_CONFIG": str(tmp / "config.json")}
-    try:
+    with tiny_base_server(pg_databases.fresh(), tmp_path_factory.mktemp("pool-export")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 class Clock:
